@@ -1,0 +1,36 @@
+# The two commands: `make run` serves the messenger, `make test` runs the tests.
+# Each creates (or reuses) .venv and installs the project into it first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench bench-quick fuzz clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/messenger run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check messenger tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check messenger tests wsgi.py gunicorn.conf.py
+
+bench: $(STAMP)
+	$(BIN)/python -m messenger.bench --json bench-results/bench.json --html bench-results/bench.html
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m messenger.bench --quick --json bench-results/bench-quick.json --html bench-results/bench-quick.html
+
+clean:
+	rm -rf $(VENV) build *.egg-info

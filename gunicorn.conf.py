@@ -1,0 +1,70 @@
+"""gunicorn settings for the messenger: gevent workers holding many long polls.
+
+Read by `gunicorn -c gunicorn.conf.py wsgi:app`; values come from MESSENGER_*
+variables (see the README's configuration table).
+"""
+
+import contextlib
+import multiprocessing
+import resource
+import signal
+import sys
+
+from messenger.settings import ConfigError, load
+
+try:
+    _settings = load()
+except ConfigError as exc:
+    print(f"messenger: configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers or multiprocessing.cpu_count()
+worker_class = "gevent"
+# Each held long poll is one greenlet and one socket; 10,000+ per worker must fit.
+worker_connections = 12_000
+# The gevent worker's heartbeat, not a request limit: held polls don't block it.
+timeout = 30
+# On SIGTERM held polls are answered at once (see post_worker_init); this only
+# bounds requests that are still running after that.
+graceful_timeout = 20
+# Clients re-poll on the same connection right after an answer; keep it open
+# longer than the longest poll so they don't reconnect every time.
+keepalive = _settings.poll_timeout_max_secs + 10
+# Request line, header count and header size bounds (hostile clients).
+limit_request_line = 4094
+limit_request_fields = 64
+limit_request_field_size = 8190
+accesslog = None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+proc_name = "messenger"
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    """Raise the open-file soft limit to the hard limit: one socket per held poll."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _drain() -> None:
+    from messenger import runtime
+
+    with contextlib.suppress(RuntimeError):  # no runtime: nothing is held
+        runtime.get().hub.drain()
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """On SIGTERM, answer every held poll now instead of letting them time out."""
+    import gevent
+
+    def handle_term(sig, frame):  # type: ignore[no-untyped-def]
+        worker.alive = False
+        gevent.spawn(_drain)
+
+    signal.signal(signal.SIGTERM, handle_term)
+
+
+def worker_int(worker):  # type: ignore[no-untyped-def]
+    _drain()

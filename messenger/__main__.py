@@ -1,0 +1,5 @@
+"""`python -m messenger` → the messenger command."""
+
+from messenger.cli import main
+
+raise SystemExit(main())

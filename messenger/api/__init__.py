@@ -1,0 +1,12 @@
+"""HTTP edge: parse, authenticate, call one service, serialise."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    from messenger.api import conversations, events, messages, ops, users, web
+
+    for module in (users, conversations, messages, events, ops, web):
+        app.register_blueprint(module.bp)

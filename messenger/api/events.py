@@ -1,0 +1,47 @@
+"""GET /v1/events: the long poll (thin: hands off to services.events)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g, request
+
+from messenger import runtime
+from messenger.api.auth import authenticated
+from messenger.realtime.hangup import watch_hangup
+from messenger.schemas.base import load
+from messenger.schemas.events import event_json, events_query
+from messenger.services import events
+
+bp = Blueprint("events", __name__, url_prefix="/v1")
+
+
+@bp.get("/events")
+@authenticated
+def poll() -> Any:
+    settings = runtime.get().settings
+    query = load(
+        events_query(
+            settings.poll_timeout_max_secs, settings.poll_timeout_default_secs
+        ),
+        request.args,
+    )
+    if "after" not in query:
+        return {"events": [], "cursor": events.head(g.user_id), "more": False}
+    sock = request.environ.get("gunicorn.socket")
+    result = events.poll(
+        g.user_id,
+        int(query["after"]),
+        timeout_secs=query["timeout"],
+        limit=query["limit"],
+        watch=(lambda waiter: watch_hangup(sock, waiter)) if sock else None,
+    )
+    body = {
+        "events": [event_json(e) for e in result.events] + result.ephemeral,
+        "cursor": result.cursor,
+        "more": result.more,
+    }
+    response = current_app.json.response(body)
+    # Old proxies cache GETs they shouldn't; a poll answer is never reusable.
+    response.headers["Cache-Control"] = "no-store"
+    return response

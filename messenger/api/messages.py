@@ -1,0 +1,41 @@
+"""History and sending."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, request
+
+from messenger.api.auth import authenticated
+from messenger.api.common import path_id, request_json
+from messenger.schemas.base import load
+from messenger.schemas.messages import HistoryQuery, SendMessageIn, message_json
+from messenger.services import messages
+
+bp = Blueprint("messages", __name__, url_prefix="/v1")
+
+
+@bp.post("/conversations/<int:conversation_id>/messages")
+@authenticated
+def send_message(conversation_id: int) -> Any:
+    data = load(SendMessageIn(), request_json())
+    message, created = messages.send(g.user_id, path_id(conversation_id), **data)
+    return {"message": message_json(message)}, 201 if created else 200
+
+
+@bp.get("/conversations/<int:conversation_id>/messages")
+@authenticated
+def history(conversation_id: int) -> Any:
+    query = load(HistoryQuery(), request.args)
+    page, next_before, next_after = messages.history(
+        g.user_id,
+        path_id(conversation_id),
+        limit=query["limit"],
+        before=query.get("before"),
+        after=query.get("after"),
+    )
+    return {
+        "messages": [message_json(m) for m in page],
+        "next_before": next_before,
+        "next_after": next_after,
+    }

@@ -1,0 +1,58 @@
+"""/v1/users and /v1/sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, request
+
+from messenger.api.auth import authenticated, public
+from messenger.api.common import path_id, request_json
+from messenger.schemas.base import load
+from messenger.schemas.users import HandleQuery, LoginIn, RegisterIn, UserOut
+from messenger.services import accounts
+
+bp = Blueprint("users", __name__, url_prefix="/v1")
+
+
+@bp.post("/users")
+@public
+def register() -> Any:
+    data = load(RegisterIn(), request_json())
+    user = accounts.register(data["handle"], data["password"], data.get("display_name"))
+    return {"user": UserOut().dump(user)}, 201
+
+
+@bp.post("/sessions")
+@public
+def login() -> Any:
+    data = load(LoginIn(), request_json())
+    token, user = accounts.login(data["handle"], data["password"])
+    return {"token": token, "user": UserOut().dump(user)}, 201
+
+
+@bp.delete("/sessions/current")
+@authenticated
+def logout() -> Any:
+    accounts.logout(g.token)
+    return "", 204
+
+
+@bp.get("/users/me")
+@authenticated
+def me() -> Any:
+    return {"user": UserOut().dump(accounts.get_user(g.user_id))}
+
+
+@bp.get("/users/<int:user_id>")
+@authenticated
+def get_user(user_id: int) -> Any:
+    path_id(user_id)
+    return {"user": UserOut().dump(accounts.get_user(user_id))}
+
+
+@bp.get("/users")
+@authenticated
+def find_user() -> Any:
+    data = load(HandleQuery(), request.args)
+    return {"user": UserOut().dump(accounts.find_by_handle(data["handle"]))}

@@ -1,0 +1,188 @@
+"""The `messenger` command: run (embedded default), migrate, sweep, trim-events."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from messenger.settings import ConfigError, Settings, load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _say(text: str) -> None:
+    print(f"messenger: {text}", flush=True)
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    end = "\n" if done == total else ""
+    sys.stdout.write(
+        f"\rmigrate [{'#' * filled}{'.' * (width - filled)}] "
+        f"{done}/{total} {label:<12}{end}"
+    )
+    sys.stdout.flush()
+
+
+def _router(settings: Settings):  # type: ignore[no-untyped-def]
+    from messenger.storage.router import Router
+
+    return Router.from_settings(settings)
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from messenger.storage.migrate import migrate
+
+    router = _router(settings)
+    try:
+        result = migrate(router, progress=_progress if sys.stdout.isatty() else None)
+    finally:
+        router.close()
+    _say(
+        f"migrations: {result.applied} applied across {result.schemas} schemas "
+        "(directory + shards); up to date"
+    )
+    return 0
+
+
+def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
+    from messenger import runtime
+
+    rt = runtime.build(settings)
+    runtime.install(rt)
+    return rt
+
+
+def cmd_sweep(settings: Settings) -> int:
+    from messenger.workers import sweeper
+
+    done = sweeper.sweep_once(_runtime(settings), older_than_secs=0)
+    _say(f"sweep: finished {done} outbox rows")
+    return 0
+
+
+def cmd_trim(settings: Settings, days: int | None) -> int:
+    from messenger.workers import sweeper
+
+    touched = sweeper.trim_once(_runtime(settings), days)
+    _say(f"trim-events: trimmed the streams of {touched} users")
+    return 0
+
+
+def _embedded(settings: Settings):  # type: ignore[no-untyped-def]
+    from messenger.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    data_dir = settings.data_dir.resolve()
+    pg = EmbeddedPostgres(
+        data_dir / "postgres",
+        settings.embedded_pg_port,
+        databases=("messenger",),
+        log=_say,
+    )
+    rds = EmbeddedRedis(data_dir / "redis", settings.embedded_redis_port, log=_say)
+    return pg, rds
+
+
+def cmd_run(settings: Settings, workers: int | None) -> int:
+    """Serve the API; with no database/Redis configured, start local ones first."""
+    env = dict(os.environ)
+    started = []
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    gunicorn = None
+    try:
+        if settings.is_embedded:
+            pg, rds = _embedded(settings)
+            if not (settings.database_url or settings.shard_map):
+                pg.start()
+                started.append(pg)
+                env["MESSENGER_DATABASE_URL"] = pg.dsn("messenger")
+                _say(f"PostgreSQL: {pg.binaries_source}, data in {pg.data_dir}")
+            if not settings.redis_url:
+                rds.start()
+                started.append(rds)
+                env["MESSENGER_REDIS_URL"] = rds.url
+                _say(f"Redis: {rds.binaries_source}")
+            settings = load(env)
+        cmd_migrate(settings)
+        if workers:
+            env["MESSENGER_WORKERS"] = str(workers)
+        env.setdefault("MESSENGER_LOG_JSON", "0")
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "wsgi:app",
+        ]
+        _say(f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)")
+        gunicorn = subprocess.Popen(argv, cwd=ROOT, env=env)
+        while gunicorn.poll() is None:
+            time.sleep(0.5)
+        return gunicorn.returncode or 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if gunicorn is not None and gunicorn.poll() is None:
+            _say("stopping the server (answering held polls)")
+            gunicorn.send_signal(signal.SIGTERM)
+            try:
+                gunicorn.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                gunicorn.kill()
+                gunicorn.wait()
+        for service in reversed(started):
+            service.stop()
+        if started:
+            _say("stopped the embedded PostgreSQL and Redis")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="messenger", description="A long-polling HTTP messenger."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="serve (starts local PostgreSQL and Redis when no URLs are configured)",
+    )
+    run.add_argument("--workers", type=int, help="gunicorn workers")
+    sub.add_parser("migrate", help="apply sql/ to the directory and every shard")
+    sub.add_parser("sweep", help="finish outbox rows a crash left undone (one pass)")
+    trim = sub.add_parser("trim-events", help="delete events past retention")
+    trim.add_argument("--days", type=int, help="override the retention window")
+    args = parser.parse_args(argv)
+    try:
+        settings = load()
+        if args.command == "run":
+            return cmd_run(settings, args.workers)
+        if settings.is_embedded:
+            raise ConfigError(
+                "MESSENGER_DATABASE_URL and MESSENGER_REDIS_URL must "
+                "be set (only `messenger run` starts local ones)."
+            )
+        if args.command == "migrate":
+            return cmd_migrate(settings)
+        if args.command == "sweep":
+            return cmd_sweep(settings)
+        if args.command == "trim-events":
+            return cmd_trim(settings, args.days)
+    except ConfigError as exc:
+        print(f"messenger: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 1

@@ -1,0 +1,88 @@
+"""Prometheus metrics, named in one place.
+
+Under gunicorn, set PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py does) so /metrics
+adds up every worker.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+REQUESTS = Counter(
+    "messenger_requests_total", "HTTP requests answered.", ["route", "method", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "messenger_request_seconds",
+    "Time to answer an HTTP request (long polls included).",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+HELD_POLLS = Gauge(
+    "messenger_held_polls", "Long polls held right now.", multiprocess_mode="livesum"
+)
+WAKES_SENT = Counter(
+    "messenger_wakes_sent_total", "User wake-ups pushed to workers' Redis lists."
+)
+WAKES_RECEIVED = Counter(
+    "messenger_wakes_received_total", "User wake-ups this worker's dispatcher popped."
+)
+FANOUT_SECONDS = Histogram(
+    "messenger_fanout_seconds",
+    "From message commit to every member's event stored.",
+    buckets=_LATENCY_BUCKETS,
+)
+FANOUT_LAG_SECONDS = Histogram(
+    "messenger_fanout_lag_seconds",
+    "Age of outbox rows when the sweeper finished them.",
+    buckets=_LATENCY_BUCKETS,
+)
+OUTBOX_BACKLOG = Gauge(
+    "messenger_outbox_backlog",
+    "Outbox rows older than the sweep delay at the last sweep.",
+    multiprocess_mode="max",
+)
+DB_TRANSACTION_SECONDS = Histogram(
+    "messenger_db_transaction_seconds",
+    "Named database transactions.",
+    ["name"],
+    buckets=_LATENCY_BUCKETS,
+)
+DB_POOL_WAIT = Histogram(
+    "messenger_db_pool_wait_seconds",
+    "Time waiting for a pooled database connection.",
+    buckets=_LATENCY_BUCKETS,
+)
+DB_POOL_TIMEOUTS = Counter(
+    "messenger_db_pool_timeouts_total",
+    "Checkouts that gave up (answered 503).",
+    ["database"],
+)
+DB_ERRORS = Counter(
+    "messenger_db_errors_total", "Database connection failures.", ["database"]
+)
+REDIS_ERRORS = Counter(
+    "messenger_redis_errors_total", "Redis commands that failed.", ["op"]
+)
+PUSH_QUEUE_DEPTH = Gauge(
+    "messenger_push_queue_depth",
+    "Push jobs waiting in Redis at the last look.",
+    multiprocess_mode="max",
+)

@@ -1,0 +1,61 @@
+"""Value objects passed between layers (services return these; schemas dump them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: int
+    handle: str
+    display_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Message:
+    conversation_id: int
+    seq: int
+    sender_id: int
+    client_msg_id: str
+    body: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Member:
+    user_id: int
+    role: str
+    read_seq: int
+    delivered_seq: int
+    joined_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: int
+    kind: str
+    title: str | None
+    owner_id: int | None
+    created_at: datetime
+    last_seq: int
+    members: tuple[Member, ...] = ()
+    last_message: Message | None = None
+    read_seq: int = 0
+    unread_count: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stored event (event_id set) or an ephemeral one (event_id None).
+
+    `fields` holds the event's top-level fields of API.md other than id and type,
+    already in their JSON form.
+    """
+
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    event_id: int | None = None

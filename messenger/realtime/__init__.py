@@ -1,0 +1,1 @@
+"""Waking held polls: knows user ids and worker ids, never SQL."""

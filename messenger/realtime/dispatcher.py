@@ -1,0 +1,119 @@
+"""The one greenlet per worker that BLPOPs the worker's wake list.
+
+One Redis connection serves every poll the worker holds, however many. When Redis
+is unreachable the hub is marked degraded (polls re-read the database on a short
+interval); when it returns, registrations are written again and every held poll
+re-reads once, so nothing missed during the outage waits for a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+import gevent
+import redis
+
+from messenger import metrics
+from messenger.realtime import keys
+from messenger.realtime.connections import blocking_client
+from messenger.realtime.hub import Hub
+from messenger.realtime.wakeups import Registry, decode_wake
+
+logger = logging.getLogger(__name__)
+
+# Short enough that a stopping worker notices quickly; the socket timeout of the
+# dedicated connection stays above it.
+BLOCK_SECS = 5
+BATCH = 500
+BACKOFF_MAX_SECS = 5.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        redis_url: str,
+        worker_id: str,
+        hub: Hub,
+        registry: Registry,
+        *,
+        client_factory: Callable[[], redis.Redis] | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.worker_id = worker_id
+        self.hub = hub
+        self.registry = registry
+        self._client_factory = client_factory or (
+            lambda: blocking_client(redis_url, BLOCK_SECS)
+        )
+        self._greenlets: list[gevent.Greenlet] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._keep_registered)]
+
+    def stop(self) -> None:
+        self._stopping = True
+        gevent.killall(self._greenlets, timeout=2)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        key = keys.wake_list(self.worker_id)
+        while not self._stopping:
+            client = self._client_factory()
+            try:
+                client.ping()
+                if not self.hub.redis_ok:
+                    logger.info(
+                        "worker %s: Redis is back; resuming wake-ups", self.worker_id
+                    )
+                    self.registry.forget_all()
+                    self.registry.refresh()
+                    self.hub.redis_ok = True
+                    self.hub.wake_all()
+                backoff = 0.1
+                while not self._stopping:
+                    item = client.blpop([key], timeout=BLOCK_SECS)
+                    if item is None:
+                        continue
+                    batch = [item[1]]
+                    more = client.lpop(key, BATCH)
+                    if more:
+                        batch.extend(more)
+                    self._deliver(batch)
+            except redis.RedisError as exc:
+                metrics.REDIS_ERRORS.labels(op="dispatch").inc()
+                if self.hub.redis_ok:
+                    logger.warning(
+                        "worker %s: Redis unreachable (%s); polls fall "
+                        "back to re-reading the database",
+                        self.worker_id,
+                        exc,
+                    )
+                self.hub.redis_ok = False
+                gevent.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, BACKOFF_MAX_SECS)
+            finally:
+                client.close()
+
+    def _deliver(self, batch: list[bytes]) -> None:
+        metrics.WAKES_RECEIVED.inc(len(batch))
+        for raw in batch:
+            try:
+                user_id, ephemeral = decode_wake(raw)
+            except (ValueError, KeyError, TypeError):
+                logger.warning(
+                    "worker %s: dropped malformed wake %r", self.worker_id, raw[:80]
+                )
+                continue
+            self.hub.wake(user_id, ephemeral)
+
+    def _keep_registered(self) -> None:
+        while not self._stopping:
+            gevent.sleep(keys.CONN_REFRESH_SECS)
+            try:
+                self.registry.refresh()
+            except redis.RedisError as exc:
+                metrics.REDIS_ERRORS.labels(op="register").inc()
+                logger.debug("worker %s: refresh failed: %s", self.worker_id, exc)

@@ -1,0 +1,157 @@
+"""Both ends of a wake-up's trip through Redis, minus the dispatcher.
+
+Registry: records in Redis (`conn:<user>`) which workers hold a user's polls.
+Waker: after a fan-out, finds those workers and RPUSHes the user ids onto their
+wake lists, in two pipelined round trips however many users.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from messenger import metrics
+from messenger.realtime import keys
+from messenger.realtime.hub import Hub
+
+logger = logging.getLogger(__name__)
+
+
+def encode_wake(user_id: int, ephemeral: dict[str, Any] | None) -> bytes:
+    """A wake list item: the user id, or "e" + JSON for an ephemeral event."""
+    if ephemeral is None:
+        return str(user_id).encode()
+    return (
+        b"e"
+        + json.dumps({"u": user_id, "e": ephemeral}, separators=(",", ":")).encode()
+    )
+
+
+def decode_wake(item: bytes) -> tuple[int, dict[str, Any] | None]:
+    if item[:1] == b"e":
+        data = json.loads(item[1:])
+        return int(data["u"]), data["e"]
+    return int(item), None
+
+
+class Registry:
+    """Keeps `conn:<user>` current for the users whose polls this worker holds."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        worker_id: str,
+        hub: Hub,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.worker_id = worker_id
+        self.hub = hub
+        self.clock = clock
+        self._until: dict[int, float] = {}
+
+    def ensure(self, user_id: int) -> bool:
+        """Make sure senders can find this worker for user_id before the poll reads.
+
+        Returns False when Redis is unreachable (the poll then re-reads the
+        database on a short interval instead of waiting for a wake-up).
+        """
+        now = self.clock()
+        if self._until.get(user_id, 0.0) - now > keys.CONN_TTL_SECS / 2:
+            return True
+        try:
+            self._write([user_id], now)
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(op="register").inc()
+            logger.debug("user %s: registration failed: %s", user_id, exc)
+            return False
+        return True
+
+    def refresh(self) -> None:
+        """Re-register every user held here; forget registrations that lapsed."""
+        now = self.clock()
+        for user_id in [u for u, t in self._until.items() if t <= now]:
+            del self._until[user_id]
+        users = self.hub.users()
+        if users:
+            self._write(users, now)
+
+    def forget_all(self) -> None:
+        """Redis may have lost everything (restart): register again on next use."""
+        self._until.clear()
+
+    def _write(self, user_ids: Iterable[int], now: float) -> None:
+        expiry = now + keys.CONN_TTL_SECS
+        pipe = self.client.pipeline(transaction=False)
+        ids = list(user_ids)
+        for user_id in ids:
+            key = keys.connections(user_id)
+            pipe.zadd(key, {self.worker_id: expiry})
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.expire(key, keys.CONN_TTL_SECS)
+        pipe.execute()
+        for user_id in ids:
+            self._until[user_id] = expiry
+
+
+class Waker:
+    """Wakes users' polls on every worker: locally at once, elsewhere via Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        worker_id: str,
+        hub: Hub,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.worker_id = worker_id
+        self.hub = hub
+        self.clock = clock
+
+    def wake_users(
+        self, user_ids: Iterable[int], ephemeral: dict[str, Any] | None = None
+    ) -> None:
+        """Wake the polls of `user_ids` wherever they are held.
+
+        Redis trouble is logged and counted, never raised: the waiting polls fall
+        back to re-reading the database (the dispatcher marks the hub degraded).
+        """
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return
+        for user_id in ids:
+            self.hub.wake(user_id, ephemeral)
+        try:
+            self._push(ids, ephemeral)
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(op="wake").inc()
+            logger.warning("wake of %d users failed: %s", len(ids), exc)
+
+    def _push(self, ids: list[int], ephemeral: dict[str, Any] | None) -> None:
+        now = self.clock()
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.zrangebyscore(keys.connections(user_id), now, "+inf")
+        targets: dict[str, list[bytes]] = {}
+        for user_id, workers in zip(ids, pipe.execute(), strict=True):
+            for raw in workers:
+                worker = raw.decode()
+                if worker != self.worker_id:
+                    targets.setdefault(worker, []).append(
+                        encode_wake(user_id, ephemeral)
+                    )
+        if not targets:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for worker, items in targets.items():
+            key = keys.wake_list(worker)
+            pipe.rpush(key, *items)
+            pipe.expire(key, keys.WAKE_LIST_TTL_SECS)
+        pipe.execute()
+        metrics.WAKES_SENT.inc(sum(len(v) for v in targets.values()))

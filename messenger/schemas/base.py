@@ -1,0 +1,92 @@
+"""The strict base schema, UTC times, and the limits of API.md."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+
+from messenger.errors import ValidationFailed
+
+HANDLE = validate.Regexp(
+    r"^[a-z0-9_]{3,32}\Z", error="3 to 32 characters of a-z, 0-9 and _."
+)
+PASSWORD = validate.Length(min=8, max=128)
+DISPLAY_NAME = validate.Length(min=1, max=64)
+TITLE = validate.Length(min=1, max=100)
+BODY = validate.Length(min=1, max=4000)
+CLIENT_MSG_ID = validate.Regexp(
+    r"^[A-Za-z0-9_-]{1,64}\Z", error="1 to 64 characters of A-Z, a-z, 0-9, _ and -."
+)
+GROUP_MAX_MEMBERS = 500
+PAGE_LIMIT_DEFAULT = 50
+PAGE_LIMIT_MAX = 200
+# Ids are PostgreSQL bigints.
+ID_RANGE = validate.Range(min=1, max=2**63 - 1)
+
+
+def format_time(value: datetime) -> str:
+    """ISO-8601 UTC with milliseconds: 2026-11-26T21:47:42.123Z."""
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+class UtcTime(fields.Field):
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return None if value is None else format_time(value)
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: strings, floats and booleans are refused."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> Any:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class Id(StrictInteger):
+    """A positive bigint id."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("validate", ID_RANGE)
+        super().__init__(**kwargs)
+
+
+class StrictSchema(Schema):
+    """Request bodies: unknown fields are a 422, not silently dropped."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class QuerySchema(Schema):
+    """Query strings: unknown parameters (cache busters from old proxies) ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+def load(schema: Schema, data: Any) -> dict[str, Any]:
+    """Validate with a schema; a failure becomes 422 validation_failed."""
+    try:
+        return schema.load(data)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        messages = exc.messages
+        if not isinstance(messages, dict):
+            messages = {"_schema": messages}
+        raise ValidationFailed("The request is not valid.", fields=messages) from None
+
+
+def limit_field(
+    default: int = PAGE_LIMIT_DEFAULT, maximum: int = PAGE_LIMIT_MAX
+) -> fields.Integer:
+    return fields.Integer(
+        load_default=default, validate=validate.Range(min=1, max=maximum)
+    )

@@ -1,0 +1,1 @@
+"""The rules of the product; no Flask, no HTTP status codes beyond ApiError."""

@@ -1,0 +1,128 @@
+"""Outbox rows → every recipient's event stream, then wake their polls.
+
+Fan-outs of one conversation run one at a time (an advisory lock on the
+conversation's database) and in outbox order, so each member's events follow the
+conversation's seq order. Every write is idempotent (mailbox primary key, event
+origin), so a replay after a crash inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+from messenger import metrics, runtime
+from messenger.storage import events as event_store
+from messenger.storage.events import FanoutBatch, OutboxRow
+from messenger.storage.pools import ShardCursor
+from messenger.storage.router import Router
+
+logger = logging.getLogger(__name__)
+
+# Events after which a member's conversation list moves that conversation up.
+_TOUCHING_EVENTS = frozenset({"conversation_updated", "member_added"})
+
+
+def fan_out(conversation_id: int) -> int:
+    """Deliver every pending outbox row of a conversation; returns how many.
+
+    Raises:
+        Unavailable: a database needed is down (the sweeper retries later).
+    """
+    rt = runtime.get()
+    router = rt.router
+    started = time.monotonic()
+    conv_dsn = router.dsn_of(conversation_id)
+    with router.on_dsn(conv_dsn, "fanout") as cur:
+        cur.schema = router.schema_of(conversation_id)
+        rows = event_store.pending_outbox(cur, conversation_id)
+        if not rows:
+            return 0
+        plan = _plan(router, rows)
+        for dsn in sorted(plan):
+            if dsn == conv_dsn:
+                _write(cur, plan[dsn], rows)
+            else:
+                with router.on_dsn(dsn, "fanout_remote") as remote:
+                    _write(remote, plan[dsn], rows)
+        cur.schema = router.schema_of(conversation_id)
+        event_store.delete_outbox(cur, [r.outbox_id for r in rows])
+    recipients = {u for r in rows for u in r.recipients}
+    rt.waker.wake_users(sorted(recipients))
+    metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
+    _after_fanout(rows)
+    return len(rows)
+
+
+def _plan(router: Router, rows: list[OutboxRow]) -> dict[str, dict[str, set[int]]]:
+    """dsn → schema → recipients, over all rows."""
+    plan: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for row in rows:
+        for user_id in row.recipients:
+            plan[router.dsn_of(user_id)][router.schema_of(user_id)].add(user_id)
+    return plan
+
+
+def _write(
+    cur: ShardCursor, schemas: dict[str, set[int]], rows: list[OutboxRow]
+) -> None:
+    router = runtime.get().router
+    batch = FanoutBatch(cur)
+    for schema in sorted(schemas):
+        batch.lock(schema, sorted(schemas[schema]))
+    for row in rows:
+        by_schema: dict[str, list[int]] = defaultdict(list)
+        for user_id in row.recipients:
+            schema = router.schema_of(user_id)
+            if schema in schemas:
+                by_schema[schema].append(user_id)
+        for schema in sorted(by_schema):
+            users = by_schema[schema]
+            if row.message is not None:
+                batch.message(schema, users, row.message)
+                continue
+            joins = [u for u in row.payload.get("join", ()) if u in users]
+            leaves = [u for u in row.payload.get("leave", ()) if u in users]
+            if joins:
+                batch.join(schema, row.conversation_id, joins)
+            batch.event(
+                schema,
+                users,
+                row.conversation_id,
+                row.outbox_id,
+                row.kind,
+                row.payload.get("event", {}),
+                touch=row.kind in _TOUCHING_EVENTS,
+            )
+            if leaves:
+                batch.leave(schema, row.conversation_id, leaves)
+    batch.execute()
+
+
+def _after_fanout(rows: list[OutboxRow]) -> None:
+    """Hooks that run once rows reached every stream (push notifications)."""
+    for hook in AFTER_FANOUT:
+        try:
+            hook(rows)
+        except Exception:  # noqa: BLE001 - a hook must never undo a delivery
+            logger.exception(
+                "after-fanout hook %s failed", getattr(hook, "__name__", hook)
+            )
+
+
+# Callables taking the delivered outbox rows; services register themselves here
+# (e.g. push notifications for members with no live poll).
+AFTER_FANOUT: list = []  # type: ignore[type-arg]
+
+
+def fan_out_quietly(conversation_id: int) -> None:
+    """fan_out for request paths: a failure is logged; the sweeper finishes it."""
+    try:
+        fan_out(conversation_id)
+    except Exception:  # noqa: BLE001 - the message is already durable
+        logger.warning(
+            "conversation %s: fan-out deferred to the sweeper",
+            conversation_id,
+            exc_info=True,
+        )

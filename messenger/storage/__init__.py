@@ -1,0 +1,1 @@
+"""The only package that speaks SQL: shard routing, pools, migrations, queries."""

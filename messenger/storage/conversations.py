@@ -1,0 +1,183 @@
+"""Conversations and members (conversation's shard) and each user's list of them
+(user's shard)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from messenger.models import Member
+from messenger.storage.pools import ShardCursor
+
+_INSERT = """
+INSERT INTO {s}.conversations (conversation_id, kind, title, owner_id)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (conversation_id) DO NOTHING
+RETURNING conversation_id
+"""
+
+_INSERT_MEMBERS = """
+INSERT INTO {s}.members (conversation_id, user_id, role)
+SELECT %s, u, CASE WHEN u = %s THEN 'owner' ELSE 'member' END
+FROM unnest(%s::bigint[]) AS u
+ON CONFLICT DO NOTHING
+RETURNING user_id
+"""
+
+_CONVERSATION_COLUMNS = "conversation_id, kind, title, owner_id, created_at, last_seq"
+
+_GET = f"""
+SELECT {_CONVERSATION_COLUMNS} FROM {{s}}.conversations WHERE conversation_id = %s
+"""
+
+_GET_FOR_MEMBER = f"""
+SELECT {_CONVERSATION_COLUMNS} FROM {{s}}.conversations c
+WHERE c.conversation_id = %(c)s
+  AND EXISTS (SELECT 1 FROM {{s}}.members m
+              WHERE m.conversation_id = %(c)s AND m.user_id = %(u)s)
+"""
+
+_MEMBERS = """
+SELECT conversation_id, user_id, role, read_seq, delivered_seq, joined_at
+FROM {s}.members WHERE conversation_id = ANY(%s)
+ORDER BY conversation_id, joined_at, user_id
+"""
+
+_MANY = f"""
+SELECT {_CONVERSATION_COLUMNS} FROM {{s}}.conversations WHERE conversation_id = ANY(%s)
+"""
+
+_IS_MEMBER = """
+SELECT 1 FROM {s}.members WHERE conversation_id = %s AND user_id = %s
+"""
+
+_MEMBER_IDS = "SELECT user_id FROM {s}.members WHERE conversation_id = %s"
+
+_LIST = """
+SELECT uc.conversation_id, uc.last_activity_at, uc.last_seq,
+       mb.sender_id, mb.client_msg_id, mb.body, mb.created_at
+FROM {s}.user_conversations uc
+LEFT JOIN {s}.mailbox mb
+  ON mb.user_id = uc.user_id AND mb.conversation_id = uc.conversation_id
+ AND mb.seq = uc.last_seq
+WHERE uc.user_id = %(u)s
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (uc.last_activity_at, uc.conversation_id) < (%(before_at)s, %(before_id)s))
+ORDER BY uc.last_activity_at DESC, uc.conversation_id DESC
+LIMIT %(limit)s
+"""
+
+ConversationRow = tuple[int, str, str | None, int | None, datetime, int]
+
+
+def insert(
+    cur: ShardCursor,
+    conversation_id: int,
+    kind: str,
+    title: str | None,
+    owner_id: int | None,
+) -> bool:
+    """Insert a conversation; False when it exists already."""
+    return (
+        cur.run(_INSERT, (conversation_id, kind, title, owner_id)).fetchone()
+        is not None
+    )
+
+
+def insert_members(
+    cur: ShardCursor, conversation_id: int, user_ids: list[int], owner_id: int | None
+) -> list[int]:
+    """Add members (idempotent); returns the ids that were new."""
+    rows = cur.run(_INSERT_MEMBERS, (conversation_id, owner_id, user_ids)).fetchall()
+    return [r[0] for r in rows]
+
+
+def get(cur: ShardCursor, conversation_id: int) -> ConversationRow | None:
+    return cur.run(_GET, (conversation_id,)).fetchone()
+
+
+def get_for_member(
+    cur: ShardCursor, conversation_id: int, user_id: int
+) -> ConversationRow | None:
+    """The conversation if user_id is a member of it, else None."""
+    return cur.run(_GET_FOR_MEMBER, {"c": conversation_id, "u": user_id}).fetchone()
+
+
+def many(cur: ShardCursor, conversation_ids: list[int]) -> list[ConversationRow]:
+    return cur.run(_MANY, (conversation_ids,)).fetchall()
+
+
+def members_of(
+    cur: ShardCursor, conversation_ids: list[int]
+) -> dict[int, list[Member]]:
+    result: dict[int, list[Member]] = {c: [] for c in conversation_ids}
+    for c, user_id, role, read_seq, delivered_seq, joined_at in cur.run(
+        _MEMBERS, (conversation_ids,)
+    ).fetchall():
+        result[c].append(Member(user_id, role, read_seq, delivered_seq, joined_at))
+    return result
+
+
+def is_member(cur: ShardCursor, conversation_id: int, user_id: int) -> bool:
+    return cur.run(_IS_MEMBER, (conversation_id, user_id)).fetchone() is not None
+
+
+def member_ids(cur: ShardCursor, conversation_id: int) -> list[int]:
+    return [r[0] for r in cur.run(_MEMBER_IDS, (conversation_id,)).fetchall()]
+
+
+def list_for_user(
+    cur: ShardCursor, user_id: int, limit: int, before: tuple[datetime, int] | None
+) -> list[tuple[Any, ...]]:
+    """The user's conversations by latest activity, with their last message."""
+    before_at, before_id = before if before else (None, None)
+    return cur.run(
+        _LIST,
+        {"u": user_id, "before_at": before_at, "before_id": before_id, "limit": limit},
+    ).fetchall()
+
+
+def rows_across(
+    cur: ShardCursor, ids_by_schema: dict[str, list[int]]
+) -> tuple[list[ConversationRow], dict[int, list[Member]]]:
+    """Conversations and members from several shard schemas of one database, in
+    two round trips however many schemas (used by the conversation list)."""
+    conv_parts, member_parts = [], []
+    for schema, ids in sorted(ids_by_schema.items()):
+        conv_parts.append(cur.mogrify(_MANY.format(s=schema), (ids,)))
+        member_parts.append(
+            cur.mogrify(
+                _MEMBERS.format(s=schema).replace(
+                    "ORDER BY conversation_id, joined_at, user_id", ""
+                ),
+                (ids,),
+            )
+        )
+    if not conv_parts:
+        return [], {}
+    cur.execute(b" UNION ALL ".join(b"(" + p.strip() + b")" for p in conv_parts))
+    rows = cur.fetchall()
+    cur.execute(
+        b" UNION ALL ".join(b"(" + p.strip() + b")" for p in member_parts)
+        + b" ORDER BY 1, 6, 2"
+    )
+    members: dict[int, list[Member]] = {r[0]: [] for r in rows}
+    for c, user_id, role, read_seq, delivered_seq, joined_at in cur.fetchall():
+        members.setdefault(c, []).append(
+            Member(user_id, role, read_seq, delivered_seq, joined_at)
+        )
+    return rows, members
+
+
+_LAST_MESSAGE = """
+SELECT seq, sender_id, client_msg_id, body, created_at FROM {s}.messages
+WHERE conversation_id = %s AND seq = %s
+"""
+
+
+def last_message(
+    cur: ShardCursor, conversation_id: int, seq: int
+) -> tuple[Any, ...] | None:
+    if seq <= 0:
+        return None
+    return cur.run(_LAST_MESSAGE, (conversation_id, seq)).fetchone()

@@ -1,0 +1,357 @@
+"""Per-user event streams and mailboxes (user's shard), and the outbox rows that
+feed them (conversation's shard).
+
+The fan-out writes for one physical database are collected in a FanoutBatch and
+sent as one multi-statement round trip inside one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from messenger.models import Event, Message
+from messenger.storage.pools import ShardCursor
+
+# Locks the recipients' counter rows in one global order (schemas sorted, then
+# user ids), so two fan-outs touching the same users can never deadlock.
+_LOCK_STATES = """
+SELECT 1 FROM {s}.user_state WHERE user_id = ANY(%(u)s) ORDER BY user_id FOR UPDATE;
+"""
+
+# The mailbox primary key makes a replayed fan-out insert nothing twice; only
+# users who got a new copy get a new event (from their counter) and a list bump.
+_FANOUT_MESSAGE = """
+WITH mb AS (
+    INSERT INTO {s}.mailbox
+        (user_id, conversation_id, seq, sender_id, client_msg_id, body, created_at)
+    SELECT u, %(c)s, %(seq)s, %(sender)s, %(cmid)s, %(body)s, %(at)s
+    FROM unnest(%(u)s::bigint[]) AS u
+    ON CONFLICT DO NOTHING
+    RETURNING user_id
+), st AS (
+    UPDATE {s}.user_state s SET last_event_id = s.last_event_id + 1
+    FROM mb WHERE s.user_id = mb.user_id
+    RETURNING s.user_id, s.last_event_id
+), ev AS (
+    INSERT INTO {s}.events (user_id, event_id, type, conversation_id, seq, origin)
+    SELECT user_id, last_event_id, 'message', %(c)s, %(seq)s, %(origin)s FROM st
+)
+UPDATE {s}.user_conversations uc
+SET last_seq = GREATEST(uc.last_seq, %(seq)s),
+    last_activity_at = GREATEST(uc.last_activity_at, %(at)s)
+FROM mb WHERE uc.user_id = mb.user_id AND uc.conversation_id = %(c)s;
+"""
+
+_JOIN = """
+INSERT INTO {s}.user_conversations (user_id, conversation_id, last_activity_at)
+SELECT u, %(c)s, now() FROM unnest(%(join)s::bigint[]) AS u
+ON CONFLICT (user_id, conversation_id) DO NOTHING;
+"""
+
+# Non-message events are deduplicated by their origin (the outbox row).
+_FANOUT_EVENT = """
+WITH fresh AS (
+    SELECT u AS user_id FROM unnest(%(u)s::bigint[]) AS u
+    WHERE NOT EXISTS (SELECT 1 FROM {s}.events e
+                      WHERE e.user_id = u AND e.origin = %(origin)s)
+), st AS (
+    UPDATE {s}.user_state s SET last_event_id = s.last_event_id + 1
+    FROM fresh WHERE s.user_id = fresh.user_id
+    RETURNING s.user_id, s.last_event_id
+)
+INSERT INTO {s}.events (user_id, event_id, type, conversation_id, origin, payload)
+SELECT user_id, last_event_id, %(type)s, %(c)s, %(origin)s, %(payload)s FROM st;
+"""
+
+_TOUCH = """
+UPDATE {s}.user_conversations SET last_activity_at = GREATEST(last_activity_at, now())
+WHERE user_id = ANY(%(u)s) AND conversation_id = %(c)s;
+"""
+
+_LEAVE = """
+DELETE FROM {s}.user_conversations
+WHERE user_id = ANY(%(leave)s) AND conversation_id = %(c)s;
+"""
+
+# The caller's position checks and the page, in one round trip.
+_READ = """
+SELECT s.last_event_id, s.trimmed_through,
+       e.event_id, e.type, e.conversation_id, e.seq, e.payload,
+       mb.sender_id, mb.client_msg_id, mb.body, mb.created_at
+FROM {s}.user_state s
+LEFT JOIN LATERAL (
+    SELECT event_id, type, conversation_id, seq, payload FROM {s}.events
+    WHERE user_id = s.user_id AND event_id > %(after)s
+    ORDER BY event_id LIMIT %(limit)s
+) e ON true
+LEFT JOIN {s}.mailbox mb
+  ON e.type = 'message' AND mb.user_id = s.user_id
+ AND mb.conversation_id = e.conversation_id AND mb.seq = e.seq
+WHERE s.user_id = %(u)s
+ORDER BY e.event_id
+"""
+
+_HEAD = "SELECT last_event_id, trimmed_through FROM {s}.user_state WHERE user_id = %s"
+
+_PENDING = """
+SELECT pg_advisory_xact_lock(%(c)s);
+SELECT o.outbox_id, o.kind, o.seq, o.recipients, o.payload, o.created_at,
+       m.sender_id, m.client_msg_id, m.body, m.created_at
+FROM {s}.outbox o
+LEFT JOIN {s}.messages m
+  ON o.kind = 'message' AND m.conversation_id = o.conversation_id AND m.seq = o.seq
+WHERE o.conversation_id = %(c)s
+ORDER BY o.outbox_id
+FOR UPDATE OF o
+"""
+
+_DELETE_OUTBOX = "DELETE FROM {s}.outbox WHERE outbox_id = ANY(%s)"
+
+_INSERT_OUTBOX = """
+INSERT INTO {s}.outbox (conversation_id, kind, recipients, payload)
+VALUES (%s, %s, %s, %s) RETURNING outbox_id
+"""
+
+_STALE_OUTBOX = """
+SELECT DISTINCT conversation_id, min(created_at) OVER (PARTITION BY conversation_id)
+FROM {s}.outbox WHERE created_at < now() - make_interval(secs => %s)
+"""
+
+_TRIM = """
+WITH gone AS (
+    DELETE FROM {s}.events WHERE created_at < %(cutoff)s RETURNING user_id, event_id
+), top AS (
+    SELECT user_id, max(event_id) AS event_id FROM gone GROUP BY user_id
+)
+UPDATE {s}.user_state s SET trimmed_through = GREATEST(s.trimmed_through, top.event_id)
+FROM top WHERE s.user_id = top.user_id
+"""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A change waiting to reach its recipients' event streams.
+
+    `payload` for non-message kinds: {"event": {...API fields}, "join": [ids],
+    "leave": [ids]}; update services/fanout.py when adding a key.
+    """
+
+    outbox_id: int
+    conversation_id: int
+    kind: str
+    recipients: tuple[int, ...]
+    payload: dict[str, Any]
+    created_at: datetime
+    message: Message | None
+
+
+@dataclass(frozen=True)
+class Page:
+    head: int
+    trimmed_through: int
+    events: list[Event]
+
+
+class FanoutBatch:
+    """Statements for one physical database, sent in one round trip."""
+
+    def __init__(self, cur: ShardCursor) -> None:
+        self.cur = cur
+        self.parts: list[bytes] = []
+
+    def _add(self, sql: str, schema: str, params: dict[str, Any]) -> None:
+        self.parts.append(self.cur.mogrify(sql.format(s=schema), params))
+
+    def lock(self, schema: str, user_ids: Sequence[int]) -> None:
+        self._add(_LOCK_STATES, schema, {"u": sorted(user_ids)})
+
+    def message(self, schema: str, user_ids: Sequence[int], message: Message) -> None:
+        self._add(
+            _FANOUT_MESSAGE,
+            schema,
+            {
+                "u": list(user_ids),
+                "c": message.conversation_id,
+                "seq": message.seq,
+                "sender": message.sender_id,
+                "cmid": message.client_msg_id,
+                "body": message.body,
+                "at": message.created_at,
+                "origin": f"m:{message.conversation_id}:{message.seq}",
+            },
+        )
+
+    def join(self, schema: str, conversation_id: int, user_ids: Sequence[int]) -> None:
+        self._add(_JOIN, schema, {"c": conversation_id, "join": list(user_ids)})
+
+    def event(
+        self,
+        schema: str,
+        user_ids: Sequence[int],
+        conversation_id: int,
+        outbox_id: int,
+        event_type: str,
+        fields: dict[str, Any],
+        touch: bool,
+    ) -> None:
+        params = {
+            "u": list(user_ids),
+            "c": conversation_id,
+            "type": event_type,
+            "origin": f"o:{conversation_id}:{outbox_id}",
+            "payload": json.dumps(fields, separators=(",", ":")),
+        }
+        self._add(_FANOUT_EVENT, schema, params)
+        if touch:
+            self._add(_TOUCH, schema, params)
+
+    def leave(self, schema: str, conversation_id: int, user_ids: Sequence[int]) -> None:
+        self._add(_LEAVE, schema, {"c": conversation_id, "leave": list(user_ids)})
+
+    def execute(self) -> None:
+        if self.parts:
+            self.cur.execute(b"\n".join(self.parts))
+            self.parts = []
+
+
+def pending_outbox(cur: ShardCursor, conversation_id: int) -> list[OutboxRow]:
+    """Lock the conversation's fan-out (transaction-scoped) and list its outbox.
+
+    The advisory lock makes fan-outs of one conversation run one at a time, in
+    outbox order, so every member sees messages in seq order.
+    """
+    rows = cur.run(_PENDING, {"c": conversation_id}).fetchall()
+    result = []
+    for (
+        outbox_id,
+        kind,
+        seq,
+        recipients,
+        payload,
+        created_at,
+        sender_id,
+        cmid,
+        body,
+        msg_at,
+    ) in rows:
+        message = None
+        if kind == "message":
+            if sender_id is None:  # cannot happen: message and outbox share a commit
+                continue
+            message = Message(conversation_id, seq, sender_id, cmid, body, msg_at)
+        result.append(
+            OutboxRow(
+                outbox_id,
+                conversation_id,
+                kind,
+                tuple(recipients),
+                payload or {},
+                created_at,
+                message,
+            )
+        )
+    return result
+
+
+def delete_outbox(cur: ShardCursor, outbox_ids: list[int]) -> None:
+    cur.run(_DELETE_OUTBOX, (outbox_ids,))
+
+
+def insert_outbox(
+    cur: ShardCursor,
+    conversation_id: int,
+    kind: str,
+    recipients: Sequence[int],
+    payload: dict[str, Any],
+) -> int:
+    """Queue a non-message event in the same transaction as the change it reports."""
+    row = cur.run(
+        _INSERT_OUTBOX,
+        (
+            conversation_id,
+            kind,
+            list(recipients),
+            json.dumps(payload, separators=(",", ":"), default=str),
+        ),
+    ).fetchone()
+    return int(row[0])
+
+
+def stale_outbox(
+    cur: ShardCursor, older_than_secs: float
+) -> list[tuple[int, datetime]]:
+    """Conversations with outbox rows older than the given age, oldest row's time."""
+    return cur.run(_STALE_OUTBOX, (older_than_secs,)).fetchall()
+
+
+def read(cur: ShardCursor, user_id: int, after: int, limit: int) -> Page | None:
+    """Events after a cursor with the user's head; None if the user has no stream."""
+    rows = cur.run(_READ, {"u": user_id, "after": after, "limit": limit}).fetchall()
+    if not rows:
+        return None
+    head, trimmed = rows[0][0], rows[0][1]
+    events = []
+    for (
+        _h,
+        _t,
+        event_id,
+        event_type,
+        conversation_id,
+        seq,
+        payload,
+        sender_id,
+        cmid,
+        body,
+        created_at,
+    ) in rows:
+        if event_id is None:
+            continue
+        if event_type == "message":
+            if sender_id is None:
+                continue  # its mailbox copy is gone; nothing to show
+            fields = {
+                "message": Message(
+                    conversation_id, seq, sender_id, cmid, body, created_at
+                )
+            }
+        else:
+            fields = dict(payload or {})
+        events.append(Event(event_type, fields, event_id))
+    return Page(head, trimmed, events)
+
+
+def head(cur: ShardCursor, user_id: int) -> tuple[int, int] | None:
+    row = cur.run(_HEAD, (user_id,)).fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+def trim(cur: ShardCursor, cutoff: datetime) -> int:
+    """Delete events created before cutoff; returns the number of users touched."""
+    cur.run(_TRIM, {"cutoff": cutoff})
+    return cur.rowcount
+
+
+def stale_outbox_across(
+    cur: ShardCursor, schemas: list[str], older_than_secs: float
+) -> list[tuple[int, datetime]]:
+    """stale_outbox over several shard schemas of one database, in one round trip."""
+    if not schemas:
+        return []
+    parts = [
+        cur.mogrify(_STALE_OUTBOX.format(s=s), (older_than_secs,)).strip()
+        for s in schemas
+    ]
+    cur.execute(b" UNION ALL ".join(b"(" + p + b")" for p in parts))
+    return cur.fetchall()
+
+
+_TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
+
+
+def try_lock(cur: ShardCursor, key: int) -> bool:
+    """A transaction-scoped advisory lock, or False if another holds it."""
+    return bool(cur.run(_TRY_LOCK, (key,)).fetchone()[0])

@@ -1,0 +1,87 @@
+"""Users and sessions: directory queries, plus the per-user row on the user's shard."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from messenger.storage.pools import ShardCursor
+
+_NEXT_ID = "SELECT nextval('{s}.global_ids')"
+
+_INSERT_USER = """
+INSERT INTO {s}.users (user_id, handle, display_name, password_hash)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (handle) DO NOTHING
+RETURNING user_id, handle, display_name, created_at
+"""
+
+_USER_COLUMNS = "user_id, handle, display_name, created_at"
+
+_BY_ID = f"SELECT {_USER_COLUMNS} FROM {{s}}.users WHERE user_id = %s"
+_BY_IDS = f"SELECT {_USER_COLUMNS} FROM {{s}}.users WHERE user_id = ANY(%s)"
+_BY_HANDLE = f"SELECT {_USER_COLUMNS} FROM {{s}}.users WHERE handle = %s"
+_CREDENTIALS = "SELECT user_id, password_hash FROM {s}.users WHERE handle = %s"
+_SET_HASH = "UPDATE {s}.users SET password_hash = %s WHERE user_id = %s"
+
+_INSERT_SESSION = "INSERT INTO {s}.sessions (token_hash, user_id) VALUES (%s, %s)"
+_SESSION_USER = "SELECT user_id FROM {s}.sessions WHERE token_hash = %s"
+_DELETE_SESSION = "DELETE FROM {s}.sessions WHERE token_hash = %s"
+
+_INSERT_USER_STATE = """
+INSERT INTO {s}.user_state (user_id) VALUES (%s) ON CONFLICT DO NOTHING
+"""
+
+UserRow = tuple[int, str, str, datetime]
+
+
+def next_id(cur: ShardCursor) -> int:
+    """A new global id (users and conversations share the sequence)."""
+    return int(cur.run(_NEXT_ID).fetchone()[0])
+
+
+def insert_user(
+    cur: ShardCursor, user_id: int, handle: str, display_name: str, password_hash: str
+) -> UserRow | None:
+    """Insert a user; None when the handle is taken."""
+    return cur.run(
+        _INSERT_USER, (user_id, handle, display_name, password_hash)
+    ).fetchone()
+
+
+def by_id(cur: ShardCursor, user_id: int) -> UserRow | None:
+    return cur.run(_BY_ID, (user_id,)).fetchone()
+
+
+def by_ids(cur: ShardCursor, user_ids: list[int]) -> list[UserRow]:
+    return cur.run(_BY_IDS, (user_ids,)).fetchall()
+
+
+def by_handle(cur: ShardCursor, handle: str) -> UserRow | None:
+    return cur.run(_BY_HANDLE, (handle,)).fetchone()
+
+
+def credentials(cur: ShardCursor, handle: str) -> tuple[int, str] | None:
+    return cur.run(_CREDENTIALS, (handle,)).fetchone()
+
+
+def set_password_hash(cur: ShardCursor, user_id: int, password_hash: str) -> None:
+    cur.run(_SET_HASH, (password_hash, user_id))
+
+
+def insert_session(cur: ShardCursor, token_hash: bytes, user_id: int) -> None:
+    cur.run(_INSERT_SESSION, (token_hash, user_id))
+
+
+def session_user(cur: ShardCursor, token_hash: bytes) -> int | None:
+    row: Any = cur.run(_SESSION_USER, (token_hash,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def delete_session(cur: ShardCursor, token_hash: bytes) -> None:
+    cur.run(_DELETE_SESSION, (token_hash,))
+
+
+def ensure_user_state(cur: ShardCursor, user_id: int) -> None:
+    """Create the user's event counter row on the user's shard (idempotent)."""
+    cur.run(_INSERT_USER_STATE, (user_id,))

@@ -1,0 +1,1 @@
+"""Work beside the request path: the outbox sweeper and the push worker."""

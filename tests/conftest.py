@@ -1,0 +1,231 @@
+"""Shared fixtures: real PostgreSQL (two physical databases) and real Redis,
+started once per test session under /var/tmp, and the app built on them."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import itertools  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import redis as redis_lib  # noqa: E402
+
+from messenger.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+from messenger.settings import Settings, load  # noqa: E402
+
+# Tests use few shards (fast migrations) spread over two physical databases, so
+# cross-database routing is exercised everywhere.
+TEST_SHARDS = 8
+
+
+@dataclass
+class Services:
+    pg: EmbeddedPostgres
+    redis: EmbeddedRedis
+    root: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """MESSENGER_* variables pointing at the test services."""
+        env = {
+            "MESSENGER_SHARDS": str(TEST_SHARDS),
+            "MESSENGER_SHARD_MAP": (
+                f"0-3={self.pg.dsn('m1')};4-{TEST_SHARDS - 1}={self.pg.dsn('m2')}"
+            ),
+            "MESSENGER_DIRECTORY_URL": self.pg.dsn("m1"),
+            "MESSENGER_REDIS_URL": self.redis.url,
+            "MESSENGER_RATE_LIMITS": "off",
+            "MESSENGER_PUSH_ALLOW_PRIVATE": "1",
+            "MESSENGER_LOG_LEVEL": "WARNING",
+            "MESSENGER_SWEEPER_INTERVAL_SECS": "0.5",
+            "MESSENGER_DB_POOL_SIZE": "20",
+        }
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    root = Path(tempfile.mkdtemp(prefix="messenger-test-", dir="/var/tmp"))
+    root.chmod(0o755)
+    pg = EmbeddedPostgres(root / "pg", free_port(), databases=("m1", "m2"))
+    rds = EmbeddedRedis(root / "redis", free_port(), persistent=False)
+    pg.start()
+    rds.start()
+    try:
+        yield Services(pg, rds, root)
+    finally:
+        rds.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(services: Services) -> Settings:
+    from messenger.cli import cmd_migrate
+
+    settings = load(services.env())
+    cmd_migrate(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Any:
+    from messenger import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def redis(services: Services) -> redis_lib.Redis:
+    return redis_lib.Redis.from_url(services.redis.url)
+
+
+@pytest.fixture
+def shards(app: Any) -> Any:
+    """The shard router of the running app."""
+    from messenger import runtime
+
+    return runtime.get().router
+
+
+_handles = itertools.count(1)
+
+
+def unique_handle(prefix: str = "u") -> str:
+    return f"{prefix}{next(_handles)}_{secrets.token_hex(3)}"
+
+
+@dataclass
+class TestUser:
+    id: int
+    handle: str
+    password: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_user(client: Any) -> Any:
+    """Register and log in a fresh user through the API."""
+
+    def make(prefix: str = "u", display_name: str | None = None) -> TestUser:
+        handle = unique_handle(prefix)
+        password = "correct horse"
+        body: dict[str, Any] = {"handle": handle, "password": password}
+        if display_name:
+            body["display_name"] = display_name
+        created = client.post("/v1/users", json=body)
+        assert created.status_code == 201, created.get_json()
+        login = client.post(
+            "/v1/sessions", json={"handle": handle, "password": password}
+        )
+        assert login.status_code == 201, login.get_json()
+        return TestUser(
+            created.get_json()["user"]["id"],
+            handle,
+            password,
+            login.get_json()["token"],
+        )
+
+    return make
+
+
+def auth_headers(user: TestUser) -> dict[str, str]:
+    return user.headers
+
+
+@pytest.fixture
+def chat(client: Any) -> Any:
+    """Helpers for conversations and messages through the API."""
+
+    class Chat:
+        def direct(self, a: TestUser, b: TestUser) -> int:
+            r = client.post(
+                "/v1/conversations",
+                headers=a.headers,
+                json={"kind": "direct", "user_id": b.id},
+            )
+            assert r.status_code in (200, 201), r.get_json()
+            return int(r.get_json()["conversation"]["id"])
+
+        def group(
+            self, owner: TestUser, members: list[TestUser], title: str = "group"
+        ) -> int:
+            r = client.post(
+                "/v1/conversations",
+                headers=owner.headers,
+                json={
+                    "kind": "group",
+                    "title": title,
+                    "member_ids": [m.id for m in members],
+                },
+            )
+            assert r.status_code == 201, r.get_json()
+            return int(r.get_json()["conversation"]["id"])
+
+        def send(
+            self,
+            user: TestUser,
+            conversation_id: int,
+            body: str = "hi",
+            client_msg_id: str | None = None,
+        ) -> dict[str, Any]:
+            r = client.post(
+                f"/v1/conversations/{conversation_id}/messages",
+                headers=user.headers,
+                json={
+                    "client_msg_id": client_msg_id or secrets.token_hex(8),
+                    "body": body,
+                },
+            )
+            assert r.status_code in (200, 201), r.get_json()
+            return r.get_json()["message"]  # type: ignore[no-any-return]
+
+        def head(self, user: TestUser) -> str:
+            r = client.get("/v1/events", headers=user.headers)
+            assert r.status_code == 200, r.get_json()
+            return r.get_json()["cursor"]  # type: ignore[no-any-return]
+
+        def poll(
+            self,
+            user: TestUser,
+            cursor: str,
+            timeout: float = 0,
+            limit: int | None = None,
+        ) -> dict[str, Any]:
+            url = f"/v1/events?after={cursor}&timeout={timeout}"
+            if limit:
+                url += f"&limit={limit}"
+            r = client.get(url, headers=user.headers)
+            assert r.status_code == 200, r.get_json()
+            return r.get_json()  # type: ignore[no-any-return]
+
+        def drain(
+            self, user: TestUser, cursor: str
+        ) -> tuple[list[dict[str, Any]], str]:
+            """Every stored event after cursor (several polls), and the new cursor."""
+            events: list[dict[str, Any]] = []
+            for _ in range(1000):
+                page = self.poll(user, cursor, limit=500)
+                events.extend(page["events"])
+                cursor = page["cursor"]
+                if not page["more"]:
+                    return events, cursor
+            raise AssertionError("event stream did not end")
+
+    return Chat()

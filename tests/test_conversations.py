@@ -1,0 +1,169 @@
+"""Direct and group conversations, listing, and what non-members see."""
+
+from typing import Any
+
+import gevent
+
+
+def test_direct_is_get_or_create(client: Any, make_user: Any) -> None:
+    alice, bob = make_user(), make_user()
+    first = client.post(
+        "/v1/conversations",
+        headers=alice.headers,
+        json={"kind": "direct", "user_id": bob.id},
+    )
+    assert first.status_code == 201
+    again = client.post(
+        "/v1/conversations",
+        headers=bob.headers,
+        json={"kind": "direct", "user_id": alice.id},
+    )
+    assert again.status_code == 200
+    assert (
+        again.get_json()["conversation"]["id"] == first.get_json()["conversation"]["id"]
+    )
+    conv = first.get_json()["conversation"]
+    assert conv["kind"] == "direct" and conv["title"] is None
+    assert sorted(m["user_id"] for m in conv["members"]) == sorted([alice.id, bob.id])
+    assert conv["last_seq"] == 0 and conv["last_message"] is None
+
+
+def test_concurrent_direct_creates_agree(client: Any, make_user: Any) -> None:
+    alice, bob = make_user(), make_user()
+
+    def create(a: Any, b: Any) -> Any:
+        return client.post(
+            "/v1/conversations",
+            headers=a.headers,
+            json={"kind": "direct", "user_id": b.id},
+        )
+
+    jobs = [
+        gevent.spawn(create, alice, bob) if i % 2 else gevent.spawn(create, bob, alice)
+        for i in range(8)
+    ]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    ids = {j.value.get_json()["conversation"]["id"] for j in jobs}
+    statuses = sorted(j.value.status_code for j in jobs)
+    assert len(ids) == 1
+    assert statuses.count(201) == 1 and statuses.count(200) == 7
+
+
+def test_direct_with_self_or_unknown_is_422(client: Any, make_user: Any) -> None:
+    alice = make_user()
+    for user_id in (alice.id, 987654321):
+        r = client.post(
+            "/v1/conversations",
+            headers=alice.headers,
+            json={"kind": "direct", "user_id": user_id},
+        )
+        assert r.status_code == 422
+        assert "user_id" in r.get_json()["error"]["fields"]
+
+
+def test_group_creation(client: Any, make_user: Any) -> None:
+    owner, a, b = make_user(), make_user(), make_user()
+    r = client.post(
+        "/v1/conversations",
+        headers=owner.headers,
+        json={"kind": "group", "title": "Trip", "member_ids": [a.id, b.id]},
+    )
+    assert r.status_code == 201
+    conv = r.get_json()["conversation"]
+    assert conv["kind"] == "group" and conv["title"] == "Trip"
+    assert conv["owner_id"] == owner.id
+    roles = {m["user_id"]: m["role"] for m in conv["members"]}
+    assert roles == {owner.id: "owner", a.id: "member", b.id: "member"}
+
+
+def test_group_validation(client: Any, make_user: Any) -> None:
+    owner = make_user()
+    bad = [
+        {"kind": "group", "member_ids": []},
+        {"kind": "group", "title": "", "member_ids": []},
+        {"kind": "group", "title": "x" * 101},
+        {"kind": "group", "title": "t", "member_ids": [987654321]},
+        {"kind": "group", "title": "t", "member_ids": list(range(1, 502))},
+        {"kind": "channel", "title": "t"},
+        {"kind": "direct"},
+        {"kind": "direct", "user_id": "12"},
+        {"kind": "direct", "user_id": True},
+    ]
+    for body in bad:
+        r = client.post("/v1/conversations", headers=owner.headers, json=body)
+        assert r.status_code == 422, (body, r.get_json())
+
+
+def test_list_orders_by_activity_with_unread(
+    client: Any, make_user: Any, chat: Any
+) -> None:
+    alice, bob, carol = make_user(), make_user(), make_user()
+    c1 = chat.direct(alice, bob)
+    c2 = chat.direct(alice, carol)
+    chat.send(bob, c1, "one")
+    chat.send(carol, c2, "two")
+    chat.send(carol, c2, "three")
+    r = client.get("/v1/conversations", headers=alice.headers)
+    assert r.status_code == 200
+    listed = r.get_json()["conversations"]
+    assert [c["id"] for c in listed] == [c2, c1]
+    assert listed[0]["last_message"]["body"] == "three"
+    assert listed[0]["unread_count"] == 2 and listed[0]["read_seq"] == 0
+    assert listed[1]["unread_count"] == 1
+    assert r.get_json()["next"] is None
+    # The sender's own messages are not unread for it.
+    mine = client.get("/v1/conversations", headers=carol.headers).get_json()
+    assert mine["conversations"][0]["unread_count"] == 0
+
+
+def test_list_pages(client: Any, make_user: Any, chat: Any) -> None:
+    alice = make_user()
+    ids = []
+    for _ in range(5):
+        other = make_user()
+        cid = chat.direct(other, alice)
+        chat.send(other, cid)
+        ids.append(cid)
+    seen: list[int] = []
+    cursor = None
+    for _ in range(10):
+        url = "/v1/conversations?limit=2" + (f"&before={cursor}" if cursor else "")
+        page = client.get(url, headers=alice.headers).get_json()
+        seen.extend(c["id"] for c in page["conversations"])
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    r = client.get("/v1/conversations?limit=0", headers=alice.headers)
+    assert r.status_code == 422
+    r = client.get("/v1/conversations?limit=201", headers=alice.headers)
+    assert r.status_code == 422
+    r = client.get("/v1/conversations?before=garbage", headers=alice.headers)
+    assert r.status_code == 422
+
+
+def test_non_member_sees_nothing(client: Any, make_user: Any, chat: Any) -> None:
+    alice, bob, mallory = make_user(), make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    chat.send(alice, cid, "secret")
+    for method, url, body in [
+        ("get", f"/v1/conversations/{cid}", None),
+        ("get", f"/v1/conversations/{cid}/messages", None),
+        (
+            "post",
+            f"/v1/conversations/{cid}/messages",
+            {"client_msg_id": "m1", "body": "hi"},
+        ),
+    ]:
+        r = getattr(client, method)(url, headers=mallory.headers, json=body)
+        assert r.status_code == 404, (url, r.get_json())
+        assert r.get_json()["error"]["code"] == "not_found"
+    listed = client.get("/v1/conversations", headers=mallory.headers).get_json()
+    assert listed["conversations"] == []
+    cursor = chat.head(mallory)
+    assert chat.poll(mallory, cursor)["events"] == []
+    # A conversation that does not exist looks the same.
+    assert (
+        client.get("/v1/conversations/999999999", headers=mallory.headers).status_code
+        == 404
+    )
