@@ -59,11 +59,45 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """On SIGTERM, answer every held poll now instead of letting them time out."""
     import gevent
 
+    connections: set = set()  # type: ignore[type-arg]  # greenlets serving a client
+    busy: set = set()  # type: ignore[type-arg]  # ...and those inside a request
+
+    def close_idle() -> None:
+        # Idle keep-alive connections would hold the worker until graceful_timeout.
+        for greenlet in list(connections - busy):
+            greenlet.kill(block=False)
+
     def handle_term(sig, frame):  # type: ignore[no-untyped-def]
         worker.alive = False
         gevent.spawn(_drain)
+        gevent.spawn_later(0.2, close_idle)
 
     signal.signal(signal.SIGTERM, handle_term)
+
+    handle = worker.handle
+    handle_request = worker.handle_request
+
+    def tracked_handle(*args):  # type: ignore[no-untyped-def]
+        connections.add(gevent.getcurrent())
+        try:
+            return handle(*args)
+        finally:
+            connections.discard(gevent.getcurrent())
+
+    def close_when_stopping(*args):  # type: ignore[no-untyped-def]
+        # gunicorn decides keep-alive when a request starts: a poll answered by
+        # the drain started while the worker was alive.
+        busy.add(gevent.getcurrent())
+        try:
+            keep_alive = handle_request(*args)
+        finally:
+            busy.discard(gevent.getcurrent())
+        if not worker.alive:
+            raise StopIteration
+        return keep_alive
+
+    worker.handle = tracked_handle
+    worker.handle_request = close_when_stopping
 
 
 def worker_int(worker):  # type: ignore[no-untyped-def]

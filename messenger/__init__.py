@@ -1,97 +1,21 @@
 """A long-polling HTTP messenger.
 
-`create_app(settings)` assembles the Flask app; it holds no logic of its own.
+`create_app(settings)` assembles the Flask app (in messenger.app). Importing the
+package itself stays cheap: gunicorn.conf.py imports messenger.settings before
+gevent patches the standard library, so nothing here may import redis or psycopg2.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import secrets
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, g, request
-from werkzeug.middleware.proxy_fix import ProxyFix
+if TYPE_CHECKING:
+    from flask import Flask
 
-from messenger import logs, metrics, runtime
-from messenger.api import register_blueprints
-from messenger.errors import install_error_handlers
-from messenger.settings import Settings, load
-
-logger = logging.getLogger("messenger.access")
-
-# API.md: request bodies are at most 64 KiB.
-MAX_BODY_BYTES = 64 * 1024
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
-
-_SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
-_PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-)
+    from messenger.settings import Settings
 
 
-def create_app(
-    settings: Settings | None = None, *, start_background: bool = True
-) -> Flask:
-    """Build the app and this process's runtime (pools, Redis, hub, dispatcher)."""
-    settings = settings or load()
-    logs.setup(settings.log_level, settings.log_json)
-    rt = runtime.build(settings)
-    runtime.install(rt)
-    if start_background:
-        rt.start_background()
+def create_app(settings: Settings | None = None, **kwargs: Any) -> Flask:
+    from messenger.app import create_app as _create_app
 
-    app = Flask(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["SECRET_KEY"] = settings.secret_key
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
-    if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app,
-            x_for=settings.trusted_proxies,
-            x_proto=settings.trusted_proxies,
-            x_host=settings.trusted_proxies,
-        )
-    install_error_handlers(app)
-    register_blueprints(app)
-    app.before_request(_before)
-    app.after_request(_after)
-    app.extensions["messenger"] = rt
-    return app
-
-
-def _before() -> None:
-    g.started = time.monotonic()
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
-
-
-def _after(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.get("request_id", "-")
-    for name, value in _SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if response.mimetype == "text/html":
-        response.headers["Content-Security-Policy"] = _PAGE_CSP
-    route = request.url_rule.rule if request.url_rule else "unmatched"
-    duration = time.monotonic() - g.get("started", time.monotonic())
-    metrics.REQUESTS.labels(
-        route=route, method=request.method, status=str(response.status_code)
-    ).inc()
-    metrics.REQUEST_SECONDS.labels(route=route).observe(duration)
-    extra: dict[str, Any] = {
-        "user_id": g.get("user_id"),
-        "route": route,
-        "method": request.method,
-        "status": response.status_code,
-        "duration_ms": round(duration * 1000, 2),
-    }
-    logger.info("%s %s %s", request.method, route, response.status_code, extra=extra)
-    return response
+    return _create_app(settings, **kwargs)

@@ -1,0 +1,196 @@
+"""The long poll: immediate answers, held polls, cursors, more, retention."""
+
+import time
+from typing import Any
+
+import gevent
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from messenger import runtime
+
+
+def wait_until_held(user_id: int, timeout: float = 5.0) -> None:
+    hub = runtime.get().hub
+    deadline = time.monotonic() + timeout
+    while not hub.is_holding(user_id):
+        assert time.monotonic() < deadline, "poll was never held"
+        gevent.sleep(0.005)
+
+
+def test_without_after_answers_head_at_once(client: Any, make_user: Any) -> None:
+    user = make_user()
+    r = client.get("/v1/events", headers=user.headers)
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["events"] == [] and isinstance(body["cursor"], str)
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_waiting_events_answer_at_once(client: Any, make_user: Any,
+                                       chat: Any) -> None:
+    alice, bob = make_user(), make_user()
+    cursor = chat.head(bob)
+    cid = chat.direct(alice, bob)
+    sent = chat.send(alice, cid, "hello")
+    started = time.monotonic()
+    page = chat.poll(bob, cursor, timeout=20)
+    assert time.monotonic() - started < 2
+    messages = [e for e in page["events"] if e["type"] == "message"]
+    assert messages[0]["message"] == sent
+    assert all(isinstance(e["id"], int) for e in page["events"])
+    assert page["cursor"] == str(page["events"][-1]["id"])
+    assert page["more"] is False
+    # The cursor moved past them: the next poll answers empty with it.
+    again = chat.poll(bob, page["cursor"])
+    assert again == {"events": [], "cursor": page["cursor"], "more": False}
+
+
+def test_held_poll_is_woken_by_a_send(client: Any, make_user: Any,
+                                      chat: Any) -> None:
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.poll(bob, chat.head(bob))["cursor"]
+    cursor = chat.drain(bob, cursor)[1]
+    waiting = gevent.spawn(chat.poll, bob, cursor, 20)
+    wait_until_held(bob.id)
+    started = time.monotonic()
+    chat.send(alice, cid, "wake up")
+    page = waiting.get(timeout=5)
+    assert time.monotonic() - started < 1
+    assert [e["message"]["body"] for e in page["events"]] == ["wake up"]
+
+
+def test_poll_times_out_with_same_cursor(client: Any, make_user: Any,
+                                         chat: Any) -> None:
+    user = make_user()
+    cursor = chat.head(user)
+    started = time.monotonic()
+    page = chat.poll(user, cursor, timeout=1)
+    assert 0.9 <= time.monotonic() - started < 3
+    assert page == {"events": [], "cursor": cursor, "more": False}
+    assert not runtime.get().hub.is_holding(user.id)
+
+
+def test_every_device_of_a_user_wakes(client: Any, make_user: Any,
+                                      chat: Any) -> None:
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    polls = [gevent.spawn(chat.poll, bob, cursor, 20) for _ in range(3)]
+    deadline = time.monotonic() + 5
+    while len(runtime.get().hub._waiters.get(bob.id, {})) < 3:
+        assert time.monotonic() < deadline
+        gevent.sleep(0.005)
+    chat.send(alice, cid, "to all devices")
+    for poll in polls:
+        assert poll.get(timeout=5)["events"][0]["message"]["body"] == "to all devices"
+
+
+def test_more_and_offline_catch_up(client: Any, make_user: Any, chat: Any) -> None:
+    """A member polling after 300 messages gets each once, over several polls."""
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    for i in range(300):
+        chat.send(alice, cid, f"m{i}")
+    seen: list[int] = []
+    polls = 0
+    while True:
+        page = chat.poll(bob, cursor, limit=100)
+        polls += 1
+        seen.extend(e["message"]["seq"] for e in page["events"])
+        assert page["more"] == (len(seen) < 300)
+        cursor = page["cursor"]
+        if not page["more"]:
+            break
+    assert seen == list(range(1, 301))
+    assert polls == 3
+
+
+def test_query_validation(client: Any, make_user: Any, chat: Any) -> None:
+    user = make_user()
+    cursor = chat.head(user)
+    for bad in ("timeout=56", "timeout=-1", "timeout=abc", "limit=0", "limit=501",
+                "after=abc", "after=-5"):
+        r = client.get(f"/v1/events?after={cursor}&{bad}"
+                       if not bad.startswith("after") else f"/v1/events?{bad}",
+                       headers=user.headers)
+        assert r.status_code == 422, bad
+        assert r.get_json()["error"]["code"] == "validation_failed"
+    # Cache busters from old proxies are ignored, not refused.
+    r = client.get(f"/v1/events?after={cursor}&timeout=0&_=123", headers=user.headers)
+    assert r.status_code == 200
+
+
+def test_cursor_from_the_future_is_410(client: Any, make_user: Any,
+                                       chat: Any) -> None:
+    user = make_user()
+    head = int(chat.head(user))
+    r = client.get(f"/v1/events?after={head + 1000}&timeout=0", headers=user.headers)
+    assert r.status_code == 410
+    assert r.get_json()["error"]["code"] == "cursor_expired"
+
+
+def test_trimmed_cursor_is_410(client: Any, make_user: Any, chat: Any,
+                               shards: Any) -> None:
+    from messenger.workers import sweeper
+
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    old = chat.head(bob)
+    chat.send(alice, cid, "old news")
+    with shards.on_user(bob.id, "age_events") as cur:
+        cur.run("UPDATE {s}.events SET created_at = now() - interval '40 days' "
+                "WHERE user_id = %s", (bob.id,))
+    assert sweeper.trim_once(runtime.get(), 30) >= 1
+    r = client.get(f"/v1/events?after={old}&timeout=0", headers=bob.headers)
+    assert r.status_code == 410
+    fresh = chat.head(bob)
+    assert chat.poll(bob, fresh)["events"] == []
+    # History still has the message after its event is trimmed.
+    history = client.get(f"/v1/conversations/{cid}/messages",
+                         headers=bob.headers).get_json()
+    assert [m["body"] for m in history["messages"]] == ["old news"]
+
+
+def test_client_gone_leaves_the_hub(client: Any, make_user: Any, chat: Any) -> None:
+    user = make_user()
+    cursor = chat.head(user)
+    waiting = gevent.spawn(chat.poll, user, cursor, 20)
+    wait_until_held(user.id)
+    waiting.kill(block=True, timeout=5)
+    assert not runtime.get().hub.is_holding(user.id)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 0.02, 0.2])),
+                     min_size=1, max_size=12))
+def test_polling_with_every_cursor_sees_each_event_once(client: Any, make_user: Any,
+                                                        chat: Any,
+                                                        plan: list[Any]) -> None:
+    """Sends at random moments around a client's polls: nothing lost or repeated."""
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    expected: list[int] = []
+
+    def sender() -> None:
+        for count, pause in plan:
+            gevent.sleep(pause)
+            for _ in range(count):
+                expected.append(chat.send(alice, cid)["seq"])
+
+    job = gevent.spawn(sender)
+    seen: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        page = chat.poll(bob, cursor, timeout=0.05 if not job.dead else 0,
+                         limit=3)
+        seen.extend(e["message"]["seq"] for e in page["events"]
+                    if e["type"] == "message")
+        cursor = page["cursor"]
+        if job.dead and not page["more"] and not page["events"]:
+            break
+    job.get()
+    assert seen == expected == list(range(1, len(expected) + 1))
