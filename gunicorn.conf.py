@@ -35,6 +35,9 @@ keepalive = _settings.poll_timeout_max_secs + 10
 limit_request_line = 4094
 limit_request_fields = 64
 limit_request_field_size = 8190
+# gunicorn 25.1+ opens a control socket at one path per user by default: two
+# servers on one machine (tests, benchmarks) would fight over it.
+control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
