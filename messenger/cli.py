@@ -1,4 +1,5 @@
-"""The `messenger` command: run (embedded default), migrate, sweep, trim-events."""
+"""The `messenger` command: run (embedded default), migrate, sweep, trim-events,
+push-worker."""
 
 from __future__ import annotations
 
@@ -75,6 +76,33 @@ def cmd_trim(settings: Settings, days: int | None) -> int:
     return 0
 
 
+def cmd_push_worker(settings: Settings) -> int:
+    """Deliver push jobs until SIGTERM (workers/pusher.py)."""
+    # The worker serves many slow webhooks at once from greenlets: patch first.
+    from gevent import monkey
+
+    monkey.patch_all()
+    from messenger.workers import pusher
+
+    return pusher.main(settings)
+
+
+def _start_push_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "messenger", "push-worker"]
+    return subprocess.Popen(argv, cwd=ROOT, env=env)
+
+
+def _stop_push_worker(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _embedded(settings: Settings):  # type: ignore[no-untyped-def]
     from messenger.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -89,7 +117,18 @@ def _embedded(settings: Settings):  # type: ignore[no-untyped-def]
     return pg, rds
 
 
-def cmd_run(settings: Settings, workers: int | None) -> int:
+def _stop_with_parent() -> None:
+    """Get SIGTERM when the parent (make) dies, so `kill <make>` stops us too."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
+def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -> int:
     """Serve the API; with no database/Redis configured, start local ones first."""
     env = dict(os.environ)
     started = []
@@ -101,7 +140,9 @@ def cmd_run(settings: Settings, workers: int | None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    _stop_with_parent()
     gunicorn = None
+    pusher = None
     try:
         if settings.is_embedded:
             pg, rds = _embedded(settings)
@@ -129,9 +170,15 @@ def cmd_run(settings: Settings, workers: int | None) -> int:
             "wsgi:app",
         ]
         _say(f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)")
+        if push_worker:
+            pusher = _start_push_worker(env)
         gunicorn = subprocess.Popen(argv, cwd=ROOT, env=env)
         while gunicorn.poll() is None:
             time.sleep(0.5)
+            if pusher is not None and pusher.poll() is not None and not stopping:
+                _say(f"push worker exited ({pusher.returncode}); restarting it")
+                time.sleep(2)
+                pusher = _start_push_worker(env)
         return gunicorn.returncode or 0
     except KeyboardInterrupt:
         return 0
@@ -146,6 +193,7 @@ def cmd_run(settings: Settings, workers: int | None) -> int:
             except subprocess.TimeoutExpired:
                 gunicorn.kill()
                 gunicorn.wait()
+        _stop_push_worker(pusher)
         for service in reversed(started):
             service.stop()
         if started:
@@ -162,15 +210,24 @@ def main(argv: list[str] | None = None) -> int:
         help="serve (starts local PostgreSQL and Redis when no URLs are configured)",
     )
     run.add_argument("--workers", type=int, help="gunicorn workers")
+    run.add_argument(
+        "--no-push-worker",
+        action="store_true",
+        help="don't start a push worker beside the server (run it separately)",
+    )
     sub.add_parser("migrate", help="apply sql/ to the directory and every shard")
     sub.add_parser("sweep", help="finish outbox rows a crash left undone (one pass)")
     trim = sub.add_parser("trim-events", help="delete events past retention")
     trim.add_argument("--days", type=int, help="override the retention window")
+    sub.add_parser(
+        "push-worker",
+        help="deliver push notifications to offline users' devices (until SIGTERM)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load()
         if args.command == "run":
-            return cmd_run(settings, args.workers)
+            return cmd_run(settings, args.workers, not args.no_push_worker)
         if settings.is_embedded:
             raise ConfigError(
                 "MESSENGER_DATABASE_URL and MESSENGER_REDIS_URL must "
@@ -182,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sweep(settings)
         if args.command == "trim-events":
             return cmd_trim(settings, args.days)
+        if args.command == "push-worker":
+            return cmd_push_worker(settings)
     except ConfigError as exc:
         print(f"messenger: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -86,3 +86,33 @@ PUSH_QUEUE_DEPTH = Gauge(
     "Push jobs waiting in Redis at the last look.",
     multiprocess_mode="max",
 )
+PUSH_ENQUEUED = Counter(
+    "messenger_push_enqueued_total",
+    "Messages queued for a push to an offline member (before coalescing).",
+)
+PUSH_DELIVERIES = Counter(
+    "messenger_push_deliveries_total",
+    "Push attempts by outcome: delivered, gone, retry, dead, no_device.",
+    ["outcome"],
+)
+RATE_LIMITED = Counter(
+    "messenger_rate_limited_total", "Requests refused with 429.", ["limit"]
+)
+
+
+def exposition(multiprocess_dir: str | None) -> tuple[bytes, str]:
+    """The text format of every metric: of all gunicorn workers when their files
+    are in `multiprocess_dir`, else of this process."""
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        REGISTRY,
+        CollectorRegistry,
+        generate_latest,
+        multiprocess,
+    )
+
+    if not multiprocess_dir:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

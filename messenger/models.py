@@ -59,3 +59,16 @@ class Event:
     type: str
     fields: dict[str, Any] = field(default_factory=dict)
     event_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """A push target of a user. `secret` keys the HMAC signature of its pushes;
+    API answers show it only when the device is registered."""
+
+    device_id: int
+    user_id: int
+    kind: str
+    url: str
+    secret: str
+    created_at: datetime

@@ -38,7 +38,7 @@ class Runtime:
     started: bool = False
 
     def start_background(self) -> None:
-        """Start this worker's dispatcher and sweeper greenlets (once)."""
+        """Start this worker's dispatcher, sweeper and presence greenlets (once)."""
         if self.started:
             return
         self.started = True
@@ -49,6 +49,9 @@ class Runtime:
         from messenger.workers import sweeper
 
         sweeper.start_in_background(self)
+        from messenger.services import presence
+
+        presence.start_in_background(self)
 
     def close(self) -> None:
         if self.dispatcher:

@@ -53,12 +53,27 @@ class Settings:
     port: int = 8000
     workers: int = 0  # 0: gunicorn.conf.py picks from the CPU count
     rate_limits: str = "on"
+    # Where gunicorn's workers keep their metric files (gunicorn.conf.py sets it
+    # to a temporary folder when unset); None in a single process.
+    metrics_dir: Path | None = None
+    # A bearer token for Prometheus to read /metrics without a user account.
+    metrics_token: str = ""
     push_allow_private: bool = False
+    # Messages to one offline user in one conversation within this window are
+    # coalesced into one push.
+    push_coalesce_secs: float = 3.0
+    push_max_attempts: int = 6
+    push_timeout_secs: float = 5.0
+    # Retry n waits about base * 2**(n-1) seconds (jittered, capped).
+    push_backoff_base_secs: float = 2.0
+    push_concurrency: int = 10
     log_level: str = "INFO"
     log_json: bool = True
     # Polls of one user held at once on one worker; the oldest is answered early.
     max_polls_per_user: int = 8
     sweeper_interval_secs: float = 2.0
+    # API.md: online = a poll held now or answered less than this long ago.
+    presence_grace_secs: float = 30.0
     embedded_pg_port: int = 55432
     embedded_redis_port: int = 56379
     trusted_proxies: int = 0
@@ -169,6 +184,68 @@ def parse_shard_map(raw: str, shards: int) -> tuple[ShardRange, ...]:
     return tuple(ranges)
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `count` requests per `window_secs` (sliding window) per subject."""
+
+    count: int
+    window_secs: int
+
+
+# Defaults of MESSENGER_RATE_LIMITS (the README lists them). Subjects: the user
+# for send/typing/conversation; the client IP for register/login; the handle
+# tried for login_handle (slows guessing one account's password from many IPs).
+DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {
+    "send": RateLimit(30, 10),
+    "typing": RateLimit(20, 10),
+    "conversation": RateLimit(30, 60),
+    "register": RateLimit(20, 3600),
+    "login": RateLimit(20, 60),
+    "login_handle": RateLimit(10, 300),
+}
+_WINDOW_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_RATE_RE = re.compile(r"^(\d{1,9})/(\d{1,6})([smh]?)$")
+
+
+def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
+    """Parse MESSENGER_RATE_LIMITS: "on" (the defaults), "off" (none), or
+    entries overriding the defaults: "send=30/10s,login=5/1m,typing=off".
+    """
+    name = "MESSENGER_RATE_LIMITS"
+    text = raw.strip().lower()
+    if text in ("off", "0", "false", "no"):
+        return {}
+    limits = dict(DEFAULT_RATE_LIMITS)
+    if text in ("", "on", "1", "true", "yes"):
+        return limits
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or key not in DEFAULT_RATE_LIMITS:
+            raise ConfigError(
+                f"{name} entries look like send=30/10s with a name among "
+                f"{', '.join(DEFAULT_RATE_LIMITS)}, not {part[:40]!r}."
+            )
+        if value == "off":
+            limits.pop(key, None)
+            continue
+        match = _RATE_RE.match(value)
+        if not match or int(match[1]) < 1 or int(match[2]) < 1:
+            raise ConfigError(
+                f"{name}: {key} must look like COUNT/WINDOW (30/10s, 5/1m, "
+                f"100/1h) or off, not {value[:40]!r}."
+            )
+        window_secs = int(match[2]) * _WINDOW_UNITS[match[3]]
+        limits[key] = RateLimit(int(match[1]), window_secs)
+    return limits
+
+
+def _metrics_token(env: Mapping[str, str]) -> str:
+    token = env.get("MESSENGER_METRICS_TOKEN", "")
+    if token and len(token) < 16:
+        raise ConfigError("MESSENGER_METRICS_TOKEN must be at least 16 characters.")
+    return token
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from the environment.
 
@@ -200,6 +277,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         poll_max,
     )
     rate_limits = env.get("MESSENGER_RATE_LIMITS", "on").strip() or "on"
+    parse_rate_limits(rate_limits)  # a bad value stops start-up
     secret_key = env.get("MESSENGER_SECRET_KEY", "")
     if secret_key and len(secret_key) < 16:
         raise ConfigError("MESSENGER_SECRET_KEY must be at least 16 characters.")
@@ -246,12 +324,26 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         port=_int(env, "MESSENGER_PORT", 8000, 1, 65535),
         workers=_int(env, "MESSENGER_WORKERS", 0, 0, 256),
         rate_limits=rate_limits,
+        metrics_dir=Path(env["MESSENGER_METRICS_DIR"])
+        if env.get("MESSENGER_METRICS_DIR")
+        else None,
+        metrics_token=_metrics_token(env),
         push_allow_private=_bool(env, "MESSENGER_PUSH_ALLOW_PRIVATE", False),
+        push_coalesce_secs=_float(env, "MESSENGER_PUSH_COALESCE_SECS", 3.0, 0, 60),
+        push_max_attempts=_int(env, "MESSENGER_PUSH_MAX_ATTEMPTS", 6, 1, 50),
+        push_timeout_secs=_float(env, "MESSENGER_PUSH_TIMEOUT_SECS", 5.0, 0.1, 60),
+        push_backoff_base_secs=_float(
+            env, "MESSENGER_PUSH_BACKOFF_BASE_SECS", 2.0, 0.01, 3600
+        ),
+        push_concurrency=_int(env, "MESSENGER_PUSH_CONCURRENCY", 10, 1, 1000),
         log_level=log_level,
         log_json=_bool(env, "MESSENGER_LOG_JSON", True),
         max_polls_per_user=_int(env, "MESSENGER_MAX_POLLS_PER_USER", 8, 1, 1000),
         sweeper_interval_secs=_float(
             env, "MESSENGER_SWEEPER_INTERVAL_SECS", 2.0, 0.05, 3600
+        ),
+        presence_grace_secs=_float(
+            env, "MESSENGER_PRESENCE_GRACE_SECS", 30.0, 0.1, 3600
         ),
         embedded_pg_port=_int(env, "MESSENGER_EMBEDDED_PG_PORT", 55432, 1, 65535),
         embedded_redis_port=_int(env, "MESSENGER_EMBEDDED_REDIS_PORT", 56379, 1, 65535),

@@ -229,3 +229,64 @@ def chat(client: Any) -> Any:
             raise AssertionError("event stream did not end")
 
     return Chat()
+
+
+def stored_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stored events of a poll answer (ephemeral ones, e.g. a peer's presence
+    announced while the poll read, have no id)."""
+    return [e for e in events if "id" in e]
+
+
+def wait_until_held(user_id: int, timeout: float = 5.0) -> None:
+    """Wait (bounded) until this worker's hub holds a poll of user_id."""
+    import time
+
+    import gevent
+
+    from messenger import runtime
+
+    hub = runtime.get().hub
+    deadline = time.monotonic() + timeout
+    while not hub.is_holding(user_id):
+        assert time.monotonic() < deadline, "poll was never held"
+        gevent.sleep(0.005)
+
+
+def settle_presence(timeout: float = 5.0) -> None:
+    """Wait (bounded) until this worker's presence tracker has written its notes
+    and finished its announcements, so no presence event is still on its way."""
+    import time
+
+    import gevent
+
+    from messenger.services import presence
+
+    tracker = presence.tracker()
+    assert tracker is not None
+    deadline = time.monotonic() + timeout
+    while not tracker.is_idle():
+        assert time.monotonic() < deadline, "presence never settled"
+        gevent.sleep(0.01)
+
+
+@pytest.fixture
+def override_settings(app: Any) -> Iterator[Any]:
+    """Change runtime settings for one test: override_settings(rate_limits="on").
+
+    Services read runtime.get().settings at call time; the original settings are
+    restored after the test.
+    """
+    import dataclasses
+
+    from messenger import runtime
+
+    rt = runtime.get()
+    original = rt.settings
+
+    def override(**changes: Any) -> None:
+        rt.settings = dataclasses.replace(rt.settings, **changes)
+
+    try:
+        yield override
+    finally:
+        rt.settings = original

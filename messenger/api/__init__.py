@@ -6,7 +6,27 @@ from flask import Flask
 
 
 def register_blueprints(app: Flask) -> None:
-    from messenger.api import conversations, events, messages, ops, users, web
+    from messenger.api import (
+        conversations,
+        devices,
+        events,
+        messages,
+        ops,
+        presence,
+        search,
+        users,
+        web,
+    )
 
-    for module in (users, conversations, messages, events, ops, web):
+    for module in (
+        users,
+        conversations,
+        messages,
+        events,
+        presence,
+        search,
+        devices,
+        ops,
+        web,
+    ):
         app.register_blueprint(module.bp)

@@ -1,4 +1,4 @@
-"""/v1/conversations: create, list, show."""
+"""/v1/conversations: create, list, show; group rename, members, deletion."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
+from messenger.api import limits
 from messenger.api.auth import authenticated
 from messenger.api.common import path_id, request_json
 from messenger.schemas.base import load
 from messenger.schemas.conversations import (
+    AddMemberIn,
     ConversationOut,
     CreateConversationIn,
     ListQuery,
+    UpdateConversationIn,
 )
-from messenger.services import conversations
+from messenger.services import conversations, groups
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1")
 
@@ -22,6 +25,7 @@ bp = Blueprint("conversations", __name__, url_prefix="/v1")
 @bp.post("/conversations")
 @authenticated
 def create_conversation() -> Any:
+    limits.per_user("conversation")
     data = load(CreateConversationIn(), request_json())
     if data["kind"] == "direct":
         conv, created = conversations.get_or_create_direct(g.user_id, data["user_id"])
@@ -50,3 +54,33 @@ def list_conversations() -> Any:
 def get_conversation(conversation_id: int) -> Any:
     conv = conversations.get(g.user_id, path_id(conversation_id))
     return {"conversation": ConversationOut().dump(conv)}
+
+
+@bp.patch("/conversations/<int:conversation_id>")
+@authenticated
+def update_conversation(conversation_id: int) -> Any:
+    data = load(UpdateConversationIn(), request_json())
+    conv = groups.rename(g.user_id, path_id(conversation_id), data["title"])
+    return {"conversation": ConversationOut().dump(conv)}
+
+
+@bp.delete("/conversations/<int:conversation_id>")
+@authenticated
+def delete_conversation(conversation_id: int) -> Any:
+    groups.delete(g.user_id, path_id(conversation_id))
+    return "", 204
+
+
+@bp.post("/conversations/<int:conversation_id>/members")
+@authenticated
+def add_member(conversation_id: int) -> Any:
+    data = load(AddMemberIn(), request_json())
+    conv = groups.add_member(g.user_id, path_id(conversation_id), data["user_id"])
+    return {"conversation": ConversationOut().dump(conv)}, 201
+
+
+@bp.delete("/conversations/<int:conversation_id>/members/<int:user_id>")
+@authenticated
+def remove_member(conversation_id: int, user_id: int) -> Any:
+    groups.remove_member(g.user_id, path_id(conversation_id), path_id(user_id))
+    return "", 204

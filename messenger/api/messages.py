@@ -1,4 +1,4 @@
-"""History and sending."""
+"""History, sending, receipts and typing."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
+from messenger.api import limits
 from messenger.api.auth import authenticated
 from messenger.api.common import path_id, request_json
 from messenger.schemas.base import load
-from messenger.schemas.messages import HistoryQuery, SendMessageIn, message_json
-from messenger.services import messages
+from messenger.schemas.messages import (
+    HistoryQuery,
+    ReceiptIn,
+    SendMessageIn,
+    message_json,
+)
+from messenger.services import messages, receipts, typing_indicator
 
 bp = Blueprint("messages", __name__, url_prefix="/v1")
 
@@ -18,6 +24,7 @@ bp = Blueprint("messages", __name__, url_prefix="/v1")
 @bp.post("/conversations/<int:conversation_id>/messages")
 @authenticated
 def send_message(conversation_id: int) -> Any:
+    limits.per_user("send")
     data = load(SendMessageIn(), request_json())
     message, created = messages.send(g.user_id, path_id(conversation_id), **data)
     return {"message": message_json(message)}, 201 if created else 200
@@ -39,3 +46,19 @@ def history(conversation_id: int) -> Any:
         "next_before": next_before,
         "next_after": next_after,
     }
+
+
+@bp.post("/conversations/<int:conversation_id>/receipts")
+@authenticated
+def post_receipt(conversation_id: int) -> Any:
+    data = load(ReceiptIn(), request_json())
+    receipts.mark(g.user_id, path_id(conversation_id), data["type"], data["seq"])
+    return "", 204
+
+
+@bp.post("/conversations/<int:conversation_id>/typing")
+@authenticated
+def typing(conversation_id: int) -> Any:
+    limits.per_user("typing")
+    typing_indicator.announce(g.user_id, path_id(conversation_id))
+    return "", 204

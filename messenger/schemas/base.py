@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+from werkzeug.datastructures import MultiDict
 
 from messenger.errors import ValidationFailed
 
@@ -38,7 +40,11 @@ class UtcTime(fields.Field):
 
 
 class StrictInteger(fields.Integer):
-    """A JSON integer: strings, floats and booleans are refused."""
+    """A JSON integer: strings, fractions and booleans are refused.
+
+    5.0 is the integer 5, as JSON Schema (and so the OpenAPI document) sees it;
+    clients whose JSON encoder writes integral numbers that way are not wrong.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(strict=True, **kwargs)
@@ -48,6 +54,8 @@ class StrictInteger(fields.Integer):
     ) -> Any:
         if isinstance(value, bool):
             raise self.make_error("invalid")
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)
         return super()._deserialize(value, attr, data, **kwargs)
 
 
@@ -75,6 +83,13 @@ class QuerySchema(Schema):
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:
     """Validate with a schema; a failure becomes 422 validation_failed."""
+    with_nul = _fields_with_nul(data)
+    if with_nul:
+        # PostgreSQL text can't hold NUL: refuse it here, not with a 500 there.
+        raise ValidationFailed(
+            "The request is not valid.",
+            fields={name: ["Contains a NUL character."] for name in with_nul},
+        )
     try:
         return schema.load(data)  # type: ignore[no-any-return]
     except ValidationError as exc:
@@ -82,6 +97,24 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
         if not isinstance(messages, dict):
             messages = {"_schema": messages}
         raise ValidationFailed("The request is not valid.", fields=messages) from None
+
+
+def _fields_with_nul(data: Any) -> list[str]:
+    """Top-level names whose value holds a NUL character anywhere inside."""
+    if not isinstance(data, Mapping):
+        return ["_schema"] if _has_nul(data) else []
+    items = data.items(multi=True) if isinstance(data, MultiDict) else data.items()
+    return sorted({str(k) for k, v in items if _has_nul(k) or _has_nul(v)})
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def limit_field(

@@ -54,7 +54,14 @@ class AddMemberIn(StrictSchema):
 
 class ListQuery(QuerySchema):
     limit = limit_field()
-    before = fields.String(validate=validate.Length(min=1, max=64))
+    # "<microseconds>.<conversation id>", as services.conversations encodes it;
+    # the bounds keep both within what the service can decode.
+    before = fields.String(
+        validate=validate.Regexp(
+            r"^[0-9]{1,17}\.[0-9]{1,18}\Z",
+            error="A cursor returned as next by an earlier page.",
+        )
+    )
 
 
 class MemberOut(Schema):

@@ -21,7 +21,8 @@ def events_query(timeout_max_secs: int, timeout_default_secs: int) -> QuerySchem
                 r"^[0-9]{1,18}\Z", error="A cursor returned by an earlier poll."
             )
         )
-        timeout = fields.Integer(
+        # Seconds; fractions allowed (a client may poll with timeout=0.5).
+        timeout = fields.Float(
             load_default=timeout_default_secs,
             validate=validate.Range(min=0, max=timeout_max_secs),
         )

@@ -31,6 +31,15 @@ def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
     return gevent.get_hub().threadpool.apply(fn, args)
 
 
+def _password_matches(stored_hash: str, password: str) -> bool:
+    # Runs in the thread pool: an exception there is printed as a traceback by
+    # gevent's hub, so a wrong password must come back as a value, not raise.
+    try:
+        return bool(PASSWORD_HASHER.verify(stored_hash, password))
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
 def token_digest(token: str) -> bytes:
     """Sessions are stored by SHA-256 of the token; the token itself never is."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
@@ -76,11 +85,7 @@ def login(handle: str, password: str) -> tuple[str, User]:
     with router.directory("login_lookup", transaction=False) as cur:
         found = users.credentials(cur, handle)
     stored = found[1] if found else _DUMMY_HASH
-    try:
-        _in_thread(PASSWORD_HASHER.verify, stored, password)
-        valid = found is not None
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        valid = False
+    valid = _in_thread(_password_matches, stored, password) and found is not None
     if not valid or found is None:
         raise Unauthorized("Wrong handle or password.")
     user_id = found[0]
@@ -110,6 +115,12 @@ def authenticate(token: str) -> int:
     """
     if not token or len(token) > 256:
         raise Unauthorized()
+    # Timing: the token itself is never compared. The lookup probes an index with
+    # the SHA-256 digest of the token, so what its timing could leak is how a
+    # guess's digest relates to stored digests, and steering a digest toward a
+    # stored prefix is a preimage search. An hmac.compare_digest on the row found
+    # would compare the digest with itself; the metrics token, compared as a
+    # string, does use it (services/monitoring.py).
     with runtime.get().router.directory("authenticate", transaction=False) as cur:
         user_id = users.session_user(cur, token_digest(token))
     if user_id is None:

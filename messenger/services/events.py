@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
+
 from messenger import runtime
 from messenger.errors import CursorExpired, Unavailable
 from messenger.models import Event
@@ -22,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # While Redis is unreachable, wake-ups cannot arrive: re-read this often instead.
 DEGRADED_RECHECK_SECS = 1.0
+# How long a poll woken by ephemeral events only waits for more of them.
+EPHEMERAL_LINGER_SECS = 0.05
 
 # Called when a poll starts waiting / ends (presence, metrics). Each takes the
 # user id; they must not block and must not raise.
@@ -86,13 +90,21 @@ def poll(
     waiter = hub.join(user_id)
     _notify(ON_POLL_START, user_id)
     stop_watching = None
+    lingered = False
     try:
         registered = timeout_secs > 0 and rt.registry.ensure(user_id)
+        ephemeral: list[dict[str, Any]] = []
         while True:
             waiter.rearm()
             page = _read(user_id, after, limit)
-            ephemeral = waiter.take_ephemeral()
+            ephemeral += waiter.take_ephemeral()
             remaining = deadline - hub.clock()
+            if ephemeral and not page.events and not lingered and remaining > 0:
+                # Presence and typing come in bursts (a group coming online):
+                # gather a moment's worth into one answer instead of one each.
+                lingered = True
+                gevent.sleep(min(EPHEMERAL_LINGER_SECS, remaining))
+                continue
             if page.events or ephemeral or waiter.released or remaining <= 0:
                 events = page.events[:limit]
                 cursor = events[-1].event_id if events else after

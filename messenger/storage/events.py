@@ -24,12 +24,17 @@ SELECT 1 FROM {s}.user_state WHERE user_id = ANY(%(u)s) ORDER BY user_id FOR UPD
 
 # The mailbox primary key makes a replayed fan-out insert nothing twice; only
 # users who got a new copy get a new event (from their counter) and a list bump.
+# A recipient whose list row is gone (a member_removed or conversation_deleted
+# event already left it) gets nothing: a send racing the removal can name it
+# among the recipients (its snapshot predates the removal) yet be ordered after.
 _FANOUT_MESSAGE = """
 WITH mb AS (
     INSERT INTO {s}.mailbox
         (user_id, conversation_id, seq, sender_id, client_msg_id, body, created_at)
     SELECT u, %(c)s, %(seq)s, %(sender)s, %(cmid)s, %(body)s, %(at)s
     FROM unnest(%(u)s::bigint[]) AS u
+    WHERE EXISTS (SELECT 1 FROM {s}.user_conversations uc
+                  WHERE uc.user_id = u AND uc.conversation_id = %(c)s)
     ON CONFLICT DO NOTHING
     RETURNING user_id
 ), st AS (
@@ -52,12 +57,15 @@ SELECT u, %(c)s, now() FROM unnest(%(join)s::bigint[]) AS u
 ON CONFLICT (user_id, conversation_id) DO NOTHING;
 """
 
-# Non-message events are deduplicated by their origin (the outbox row).
+# Non-message events are deduplicated by their origin (the outbox row), and,
+# like messages, reach only users whose list row exists (joins run before).
 _FANOUT_EVENT = """
 WITH fresh AS (
     SELECT u AS user_id FROM unnest(%(u)s::bigint[]) AS u
     WHERE NOT EXISTS (SELECT 1 FROM {s}.events e
                       WHERE e.user_id = u AND e.origin = %(origin)s)
+      AND EXISTS (SELECT 1 FROM {s}.user_conversations uc
+                  WHERE uc.user_id = u AND uc.conversation_id = %(c)s)
 ), st AS (
     UPDATE {s}.user_state s SET last_event_id = s.last_event_id + 1
     FROM fresh WHERE s.user_id = fresh.user_id
@@ -97,7 +105,12 @@ ORDER BY e.event_id
 
 _HEAD = "SELECT last_event_id, trimmed_through FROM {s}.user_state WHERE user_id = %s"
 
+# The fan-out transaction on the conversation's database commits without waiting
+# for its WAL flush: if a crash loses it, the outbox rows it deleted come back
+# too, and the sweeper replays them (idempotently). Work on other databases is
+# committed synchronously before the outbox rows are deleted here.
 _PENDING = """
+SET LOCAL synchronous_commit TO off;
 SELECT pg_advisory_xact_lock(%(c)s);
 SELECT o.outbox_id, o.kind, o.seq, o.recipients, o.payload, o.created_at,
        m.sender_id, m.client_msg_id, m.body, m.created_at
@@ -212,7 +225,10 @@ class FanoutBatch:
     def leave(self, schema: str, conversation_id: int, user_ids: Sequence[int]) -> None:
         self._add(_LEAVE, schema, {"c": conversation_id, "leave": list(user_ids)})
 
-    def execute(self) -> None:
+    def execute(self, *, commit: bool = False) -> None:
+        """Send the statements (and COMMIT, in the same round trip, if asked)."""
+        if commit:
+            self.parts.append(b"COMMIT;")
         if self.parts:
             self.cur.execute(b"\n".join(self.parts))
             self.parts = []

@@ -34,6 +34,7 @@ def sweep_once(rt: Runtime, older_than_secs: float = SWEEP_AFTER_SECS) -> int:
     """Fan out every outbox row older than the given age; returns rows finished."""
     router = rt.router
     finished = 0
+    backlog = 0  # over every database: one gauge, not the last database's count
     for dsn, shards in router.shard_map.shards_by_dsn().items():
         try:
             with router.on_dsn(dsn, "sweep_scan", transaction=False) as cur:
@@ -43,7 +44,8 @@ def sweep_once(rt: Runtime, older_than_secs: float = SWEEP_AFTER_SECS) -> int:
         except Unavailable:
             logger.warning("sweeper: database unavailable; will retry")
             continue
-        metrics.OUTBOX_BACKLOG.set(len(stale))
+        backlog += len(stale)
+        metrics.OUTBOX_BACKLOG.set(backlog)
         now = datetime.now(UTC)
         for conversation_id, oldest in stale:
             try:

@@ -1,0 +1,43 @@
+"""/v1/devices: push targets for when the user has no live poll."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, request
+
+from messenger.api.auth import authenticated
+from messenger.api.common import path_id, request_json
+from messenger.schemas.base import load
+from messenger.schemas.devices import DeviceIn, DeviceOut, RegisteredDeviceOut
+from messenger.services import devices
+from messenger.services import push as _push  # noqa: F401 - registers the fan-out hook
+
+bp = Blueprint("devices", __name__, url_prefix="/v1")
+
+
+@bp.post("/devices")
+@authenticated
+def register_device() -> Any:
+    data = load(DeviceIn(), request_json())
+    device = devices.register(
+        g.user_id,
+        data["kind"],
+        data["url"],
+        request_hosts=[(request.host, request.scheme)],
+    )
+    return {"device": RegisteredDeviceOut().dump(device)}, 201
+
+
+@bp.get("/devices")
+@authenticated
+def list_devices() -> Any:
+    found = devices.list_devices(g.user_id)
+    return {"devices": DeviceOut(many=True).dump(found)}
+
+
+@bp.delete("/devices/<int:device_id>")
+@authenticated
+def delete_device(device_id: int) -> Any:
+    devices.remove(g.user_id, path_id(device_id))
+    return "", 204

@@ -1,0 +1,25 @@
+"""GET /v1/search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, request
+
+from messenger.api.auth import authenticated
+from messenger.schemas.base import load
+from messenger.schemas.messages import message_json
+from messenger.schemas.search import SearchQuery
+from messenger.services import search as search_service
+
+bp = Blueprint("search", __name__, url_prefix="/v1")
+
+
+@bp.get("/search")
+@authenticated
+def search() -> Any:
+    query = load(SearchQuery(), request.args)
+    found, next_cursor = search_service.search(
+        g.user_id, query["q"], limit=query["limit"], before=query.get("before")
+    )
+    return {"messages": [message_json(m) for m in found], "next": next_cursor}

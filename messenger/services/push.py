@@ -1,0 +1,157 @@
+"""Push notifications for members with no live poll: who gets one, and queueing it.
+
+After a fan-out (services/fanout.AFTER_FANOUT), each message is queued for every
+member other than its sender who may have devices and is not online. Messages to
+one member in one conversation are coalesced: the first schedules a batch due
+`push_coalesce_secs` later, the next ones join it, and the push worker
+(workers/pusher.py) turns the due batch into one job and one push per device.
+
+Queueing never fails a send: Redis trouble is logged and counted, and that push is
+lost (the message itself is durable and reaches the member's next poll).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from messenger import metrics, runtime
+from messenger.models import Message
+from messenger.realtime import keys
+from messenger.realtime.presence import PresenceBoard
+from messenger.schemas.messages import message_json
+from messenger.services import fanout, presence
+from messenger.settings import Settings
+from messenger.storage.events import OutboxRow
+
+logger = logging.getLogger(__name__)
+
+# API.md: each body in a push is cut to this many characters.
+BODY_PREVIEW_CHARS = 200
+# A flood to one offline member keeps only the newest messages of a batch; the
+# push says how many it carries, and the app syncs the rest from history.
+BATCH_MAX_MESSAGES = 50
+
+
+# ---- online status ----------------------------------------------------------------
+
+
+def is_online(user_ids: Iterable[int]) -> set[int]:
+    """The users among user_ids that are online (API.md): a /v1/events call of
+    theirs is held now, or was answered less than the grace window (30 s) ago.
+
+    The rule of services/presence.lookup, without its peer check: last poll
+    activity from Redis (refreshed by every worker while it holds a poll), this
+    worker's notes not yet written, and this worker's held polls.
+
+    Raises:
+        redis.RedisError: Redis did not answer (callers degrade).
+    """
+    ids = list(dict.fromkeys(user_ids))
+    if not ids:
+        return set()
+    rt = runtime.get()
+    seen = PresenceBoard(rt.redis).last_seen(ids)
+    tracker = presence.tracker()
+    noted = dict(tracker.notes) if tracker is not None else {}
+    cutoff = time.time() - rt.settings.presence_grace_secs
+    return {
+        user_id
+        for user_id in ids
+        if rt.hub.is_holding(user_id)
+        or max(seen.get(user_id, 0.0), noted.get(user_id, 0.0)) > cutoff
+    }
+
+
+# ---- queueing ---------------------------------------------------------------------
+
+
+def preview(message: Message) -> dict[str, Any]:
+    """A Message as it appears in a push: its body cut to 200 characters."""
+    item = message_json(message)
+    item["body"] = item["body"][:BODY_PREVIEW_CHARS]
+    return item
+
+
+def build_push(
+    user_id: int, conversation_id: int, messages: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The body of a push (API.md), from previews in seq order."""
+    return {
+        "type": "messages",
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "sender_id": messages[-1]["sender_id"],
+        "count": len(messages),
+        "messages": messages,
+    }
+
+
+def enqueue(rows: list[OutboxRow]) -> int:
+    """Queue pushes for the messages among rows (an AFTER_FANOUT hook).
+
+    Returns how many (member, conversation) batches were added to. Never raises.
+    """
+    batches: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for row in rows:
+        message = row.message
+        if row.kind != "message" or message is None:
+            continue
+        item = json.dumps(preview(message), separators=(",", ":"), ensure_ascii=False)
+        for user_id in row.recipients:
+            if user_id != message.sender_id:
+                batches[(user_id, row.conversation_id)].append(item)
+    if not batches:
+        return 0
+    rt = runtime.get()
+    if not rt.hub.redis_ok:
+        metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
+        logger.warning("push: Redis is down; %d pushes not queued", len(batches))
+        return 0
+    try:
+        users = sorted({user_id for user_id, _ in batches})
+        wanted = _with_devices(rt.redis, users)
+        wanted -= is_online(wanted)
+        targets = [b for b in batches if b[0] in wanted]
+        if targets:
+            _add(rt.redis, {b: batches[b] for b in targets}, rt.settings)
+    except redis.RedisError as exc:
+        metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
+        logger.warning("push: %d pushes not queued: %s", len(batches), exc)
+        return 0
+    metrics.PUSH_ENQUEUED.inc(len(targets))
+    return len(targets)
+
+
+def _with_devices(client: redis.Redis, user_ids: list[int]) -> set[int]:
+    pipe = client.pipeline(transaction=False)
+    for user_id in user_ids:
+        pipe.exists(keys.push_devices_flag(user_id))
+    return {u for u, found in zip(user_ids, pipe.execute(), strict=True) if found}
+
+
+def _add(
+    client: redis.Redis,
+    batches: dict[tuple[int, int], list[str]],
+    settings: Settings,
+) -> None:
+    """Append to each pending batch; the first message of a batch schedules it."""
+    due = time.time() + settings.push_coalesce_secs
+    # One MULTI: the worker's promotion never sees a batch without its due entry.
+    pipe = client.pipeline(transaction=True)
+    for (user_id, conversation_id), items in batches.items():
+        key = keys.push_pending(user_id, conversation_id)
+        pipe.rpush(key, *items)
+        pipe.ltrim(key, -BATCH_MAX_MESSAGES, -1)
+        pipe.expire(key, keys.PUSH_PENDING_TTL_SECS)
+        pipe.zadd(keys.PUSH_DUE, {f"{user_id}:{conversation_id}": due}, nx=True)
+    pipe.execute()
+
+
+fanout.AFTER_FANOUT.append(enqueue)

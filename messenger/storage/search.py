@@ -1,0 +1,52 @@
+"""Full-text search over a user's mailbox (user's shard)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from messenger.models import Message
+from messenger.storage.pools import ShardCursor
+
+# `to_tsvector('english', mb.body)` must stay the exact expression of the
+# mailbox_search index (sql/shard/0002_search.sql). Only conversations still in
+# the user's list count: a removed member keeps nothing searchable. Newest
+# first, with (created_at, conversation_id, seq) as the page position.
+_SEARCH = """
+SELECT mb.conversation_id, mb.seq, mb.sender_id, mb.client_msg_id, mb.body,
+       mb.created_at
+FROM {s}.mailbox mb
+JOIN {s}.user_conversations uc
+  ON uc.user_id = mb.user_id AND uc.conversation_id = mb.conversation_id
+WHERE mb.user_id = %(u)s
+  AND to_tsvector('english', mb.body) @@ websearch_to_tsquery('english', %(q)s)
+  AND (%(before_at)s::timestamptz IS NULL
+       OR (mb.created_at, mb.conversation_id, mb.seq)
+          < (%(before_at)s, %(before_c)s, %(before_seq)s))
+ORDER BY mb.created_at DESC, mb.conversation_id DESC, mb.seq DESC
+LIMIT %(limit)s
+"""
+
+Position = tuple[datetime, int, int]
+
+
+def search(
+    cur: ShardCursor,
+    user_id: int,
+    query: str,
+    limit: int,
+    before: Position | None = None,
+) -> list[Message]:
+    """The user's messages matching a web-search style query, newest first."""
+    before_at, before_c, before_seq = before if before else (None, None, None)
+    rows = cur.run(
+        _SEARCH,
+        {
+            "u": user_id,
+            "q": query,
+            "limit": limit,
+            "before_at": before_at,
+            "before_c": before_c,
+            "before_seq": before_seq,
+        },
+    ).fetchall()
+    return [Message(*row) for row in rows]

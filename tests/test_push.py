@@ -1,0 +1,726 @@
+"""Pushes to offline members: queueing at fan-out, coalescing, signed webhook
+delivery, retries, dead letters, removed devices and crashed workers.
+
+A real HTTP receiver listens on 127.0.0.1; most tests drive the worker one step
+at a time (promote, process_one), a few run its loops or its process."""
+
+import dataclasses
+import hashlib
+import hmac
+import http
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+from gevent.pywsgi import WSGIServer
+
+from messenger import runtime
+from messenger.embedded import free_port
+from messenger.realtime import keys
+from messenger.services import presence, push
+from messenger.services.push_providers import SIGNATURE_HEADER, sign, verify
+from messenger.workers.pusher import Job, Pusher, backoff_secs
+from tests.conftest import Services
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    arrived: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 recording every request. It answers `status`
+    (or the next of `statuses`), can stall until released, and can be down."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[Received] = []
+        self.status = 200
+        self.statuses: list[int] = []
+        self.stall = False
+        self.released = gevent.event.Event()
+        self.server: WSGIServer | None = None
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> None:
+        self.server = WSGIServer(
+            ("127.0.0.1", self.port), self._app, log=None, error_log=None
+        )
+        self.server.start()
+
+    def stop(self) -> None:
+        self.released.set()
+        if self.server is not None:
+            self.server.stop(timeout=1)
+            self.server = None
+
+    def to(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        headers = {
+            k[5:].replace("_", "-").title(): v
+            for k, v in environ.items()
+            if k.startswith("HTTP_")
+        }
+        headers["Content-Type"] = environ.get("CONTENT_TYPE", "")
+        self.requests.append(
+            Received(
+                environ["PATH_INFO"],
+                headers,
+                environ["wsgi.input"].read(length),
+                time.monotonic(),
+            )
+        )
+        if self.stall:
+            self.released.wait(30)
+        status = self.statuses.pop(0) if self.statuses else self.status
+        start_response(f"{status} {http.HTTPStatus(status).phrase}", [])
+        return [b"ok"]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def _clear_queue(redis: Any) -> None:
+    for key in redis.scan_iter(match="{push}:*", count=1000):
+        if key != keys.PUSH_FLAGS_SYNCED.encode():
+            redis.delete(key)
+
+
+@pytest.fixture
+def push_settings(app: Any, redis: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Change the running app's settings for one test; the queue starts empty."""
+    _clear_queue(redis)
+    rt = runtime.get()
+
+    def apply(**changes: Any) -> Any:
+        monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, **changes))
+        return rt.settings
+
+    yield apply
+    _clear_queue(redis)
+
+
+@pytest.fixture
+def make_pusher(push_settings: Any) -> Iterator[Any]:
+    made: list[Pusher] = []
+
+    def make(**kwargs: Any) -> Pusher:
+        pusher = Pusher(runtime.get(), **kwargs)
+        made.append(pusher)
+        return pusher
+
+    yield make
+    for pusher in made:
+        pusher.stop()
+        pusher.shut_down()
+
+
+def add_device(client: Any, user: Any, url: str) -> dict[str, Any]:
+    r = client.post(
+        "/v1/devices", headers=user.headers, json={"kind": "webhook", "url": url}
+    )
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()["device"]  # type: ignore[no-any-return]
+
+
+def run_due(pusher: Pusher, ahead_secs: float = 3600) -> int:
+    """Promote everything (as if time had passed) and deliver it; returns jobs."""
+    pusher.promote(now=time.time() + ahead_secs)
+    done = 0
+    while pusher.process_one():
+        done += 1
+    return done
+
+
+def queue_is_empty(redis: Any) -> bool:
+    return not any(
+        (
+            redis.zcard(keys.PUSH_DUE),
+            redis.zcard(keys.PUSH_RETRY),
+            redis.llen(keys.PUSH_QUEUE),
+            list(redis.scan_iter(match="{push}:pending:*")),
+            list(redis.scan_iter(match="{push}:processing:*")),
+        )
+    )
+
+
+def wait_for(condition: Any, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        gevent.sleep(0.02)
+
+
+# ---- who gets a push ----------------------------------------------------------------
+
+
+def test_offline_member_gets_one_signed_push(
+    client: Any, make_user: Any, chat: Any, receiver: Receiver, make_pusher: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    bob_device = add_device(client, bob, receiver.url("/bob"))
+    add_device(client, alice, receiver.url("/alice"))  # the sender: no push
+    cid = chat.direct(alice, bob)
+    sent = chat.send(alice, cid, "hello Bob")
+
+    assert run_due(make_pusher()) == 1
+    assert receiver.to("/alice") == []
+    [got] = receiver.to("/bob")
+    assert got.headers["Content-Type"] == "application/json"
+    signature = got.headers[SIGNATURE_HEADER]
+    assert verify(bob_device["secret"], got.body, signature)
+    timestamp = int(signature.split(",")[0].removeprefix("t="))
+    assert abs(time.time() - timestamp) < 60
+    assert signature == sign(bob_device["secret"], got.body, timestamp)
+    assert got.json == {
+        "type": "messages",
+        "user_id": bob.id,
+        "conversation_id": cid,
+        "sender_id": alice.id,
+        "count": 1,
+        "messages": [sent],
+    }
+    # Altered bodies and other secrets do not verify.
+    assert not verify(bob_device["secret"], got.body + b" ", signature)
+    assert not verify("another secret", got.body, signature)
+
+
+def test_online_member_gets_no_push(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    redis: Any,
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url("/bob"))
+    cid = chat.direct(alice, bob)
+    chat.head(bob)  # a poll answered just now: online for 30 s
+    wait_for_presence()
+    assert push.is_online([alice.id, bob.id]) == {bob.id}
+    chat.send(alice, cid, "you're here")
+    assert redis.zcard(keys.PUSH_DUE) == 0
+    assert run_due(make_pusher()) == 0
+    assert receiver.requests == []
+
+
+def test_member_with_a_held_poll_is_online(
+    client: Any, make_user: Any, chat: Any, redis: Any, push_settings: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, "http://127.0.0.1:9/bob")
+    cid = chat.direct(alice, bob)
+    hub = runtime.get().hub
+    cursor = chat.drain(bob, "0")[1]  # skip the conversation's own events
+    poll = gevent.spawn(chat.poll, bob, cursor, 10)
+    wait_for(lambda: hub.is_holding(bob.id), what="the held poll")
+    assert push.is_online([alice.id, bob.id]) == {bob.id}
+    chat.send(alice, cid, "wake up")
+    poll.get(timeout=10)
+    assert redis.zcard(keys.PUSH_DUE) == 0
+    # Answered less than the grace window ago: online, though no longer held.
+    wait_for_presence()
+    assert not hub.is_holding(bob.id)
+    assert push.is_online([bob.id]) == {bob.id}
+    # Last seen longer ago than the window: offline, and pushed to again.
+    redis.set(keys.presence_seen(bob.id), repr(time.time() - 31))
+    assert push.is_online([bob.id]) == set()
+    chat.send(alice, cid, "gone now?")
+    assert redis.zcard(keys.PUSH_DUE) == 1
+
+
+def wait_for_presence() -> None:
+    """Until this worker's presence notes are written to Redis."""
+    tracker = presence.tracker()
+    if tracker is not None:
+        wait_for(tracker.is_idle, what="presence notes")
+
+
+def test_members_without_devices_queue_nothing(
+    make_user: Any, chat: Any, redis: Any, push_settings: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    chat.send(alice, chat.direct(alice, bob), "nobody's listening")
+    assert queue_is_empty(redis)
+
+
+def test_group_push_names_the_newest_sender(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+) -> None:
+    alice, bob, carol = make_user(), make_user(), make_user()
+    for user in (alice, bob, carol):
+        add_device(client, user, receiver.url(f"/{user.handle}"))
+    cid = chat.group(alice, [bob, carol])
+    first = chat.send(alice, cid, "from alice")
+    second = chat.send(bob, cid, "from bob")
+    assert run_due(make_pusher()) == 3
+    [to_carol] = receiver.to(f"/{carol.handle}")
+    assert to_carol.json["sender_id"] == bob.id
+    assert to_carol.json["count"] == 2
+    assert to_carol.json["messages"] == [first, second]
+    # Nobody is pushed their own message.
+    [to_alice] = receiver.to(f"/{alice.handle}")
+    assert to_alice.json["messages"] == [second]
+    [to_bob] = receiver.to(f"/{bob.handle}")
+    assert to_bob.json["messages"] == [first]
+
+
+def test_bodies_are_cut_to_200_characters(
+    client: Any, make_user: Any, chat: Any, receiver: Receiver, make_pusher: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url())
+    cid = chat.direct(alice, bob)
+    body = "é" * 150 + "x" * 3850
+    chat.send(alice, cid, body)
+    run_due(make_pusher())
+    [got] = receiver.requests
+    assert got.json["messages"][0]["body"] == body[:200]
+
+
+def test_send_survives_redis_trouble(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    redis: Any,
+    push_settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, "http://127.0.0.1:9/bob")
+    cid = chat.direct(alice, bob)
+    monkeypatch.setattr(runtime.get().hub, "redis_ok", False)
+    chat.send(alice, cid, "still stored")
+    assert queue_is_empty(redis)
+
+
+# ---- coalescing -----------------------------------------------------------------
+
+
+def test_messages_within_the_window_coalesce_into_one_push(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    push_settings: Any,
+    redis: Any,
+) -> None:
+    push_settings(push_coalesce_secs=30)
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url())
+    cid = chat.direct(alice, bob)
+    sent = [chat.send(alice, cid, f"message {n}") for n in range(3)]
+    pusher = make_pusher()
+    assert pusher.promote() == 0  # the window is still open
+    assert pusher.process_one() is False
+    assert pusher.promote(now=time.time() + 31) == 1
+    assert pusher.process_one() is True
+    [got] = receiver.requests
+    assert got.json["count"] == 3 and got.json["messages"] == sent
+    assert got.json["sender_id"] == alice.id
+    # The next message opens a new window and a new push.
+    later = chat.send(alice, cid, "one more")
+    assert run_due(pusher) == 1
+    assert receiver.requests[-1].json["messages"] == [later]
+    assert queue_is_empty(redis)
+
+
+def test_a_flood_keeps_the_newest_messages(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url())
+    cid = chat.direct(alice, bob)
+    for n in range(push.BATCH_MAX_MESSAGES + 5):
+        chat.send(alice, cid, f"m{n}")
+    assert run_due(make_pusher()) == 1
+    [got] = receiver.requests
+    assert got.json["count"] == push.BATCH_MAX_MESSAGES
+    seqs = [m["seq"] for m in got.json["messages"]]
+    assert seqs == list(range(6, push.BATCH_MAX_MESSAGES + 6))
+
+
+def test_real_time_window_in_the_running_worker(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    push_settings: Any,
+) -> None:
+    # Long enough for four sends on a busy CI machine.
+    push_settings(push_coalesce_secs=1.5)
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url())
+    cid = chat.direct(alice, bob)
+    pusher = make_pusher(concurrency=2)
+    serving = gevent.spawn(pusher.run)
+    started = time.monotonic()
+    for n in range(4):
+        chat.send(alice, cid, f"quick {n}")
+    wait_for(lambda: receiver.requests, what="the push")
+    assert time.monotonic() - started >= 1.2
+    gevent.sleep(0.5)  # nothing else is coming
+    assert [r.json["count"] for r in receiver.requests] == [4]
+    pusher.stop()
+    serving.get(timeout=10)
+
+
+# ---- failures ---------------------------------------------------------------------
+
+
+def test_receiver_down_then_up_is_delivered_after_retries(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    redis: Any,
+) -> None:
+    alice, bob = make_user(), make_user()
+    device = add_device(client, bob, receiver.url())
+    cid = chat.direct(alice, bob)
+    receiver.stop()
+    sent = chat.send(alice, cid, "are you there?")
+    pusher = make_pusher()
+    for attempt in (1, 2):
+        assert run_due(pusher) == 1
+        [raw] = redis.zrange(keys.PUSH_RETRY, 0, -1)
+        job = Job.parse(raw)
+        assert job.attempt == attempt and job.device_id == device["id"]
+        assert job.error and job.error.startswith("network")
+    receiver.start()
+    assert run_due(pusher) == 1
+    [got] = receiver.requests
+    assert verify(device["secret"], got.body, got.headers[SIGNATURE_HEADER])
+    assert got.json["messages"] == [sent]
+    assert queue_is_empty(redis) and redis.llen(keys.PUSH_DEAD) == 0
+
+
+def test_retries_wait_with_backoff_in_the_running_worker(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    push_settings: Any,
+    redis: Any,
+) -> None:
+    push_settings(push_coalesce_secs=0, push_backoff_base_secs=0.2)
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url())
+    receiver.statuses = [503, 502]
+    cid = chat.direct(alice, bob)
+    pusher = make_pusher(concurrency=1)
+    serving = gevent.spawn(pusher.run)
+    chat.send(alice, cid, "eventually")
+    wait_for(lambda: len(receiver.requests) == 3, what="three attempts")
+    # Backoff 0.2 s then 0.4 s, each at least half of that (jitter).
+    times = [r.arrived for r in receiver.requests]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2
+    wait_for(lambda: queue_is_empty(redis), what="an empty queue")
+    assert redis.llen(keys.PUSH_DEAD) == 0
+    pusher.stop()
+    serving.get(timeout=10)
+
+
+def test_always_failing_receiver_ends_in_the_dead_letters(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    push_settings: Any,
+    redis: Any,
+) -> None:
+    push_settings(push_max_attempts=3)
+    receiver.status = 500
+    alice, bob = make_user(), make_user()
+    device = add_device(client, bob, receiver.url())
+    cid = chat.direct(alice, bob)
+    sent = chat.send(alice, cid, "lost?")
+    pusher = make_pusher()
+    for _ in range(5):
+        run_due(pusher)
+    assert len(receiver.requests) == 3
+    assert queue_is_empty(redis)
+    [raw] = redis.lrange(keys.PUSH_DEAD, 0, -1)
+    dead = json.loads(raw)
+    assert dead["attempt"] == 3 and dead["error"] == "HTTP 500"
+    assert dead["user_id"] == bob.id and dead["device_id"] == device["id"]
+    assert dead["conversation_id"] == cid and dead["messages"] == [sent]
+    assert isinstance(dead["dead_at"], int)
+    # The device stays: only 404/410 remove one.
+    assert len(client.get("/v1/devices", headers=bob.headers).get_json()["devices"])
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_gone_device_is_removed(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    redis: Any,
+    status: int,
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url("/gone"))
+    kept = add_device(client, bob, receiver.url("/kept"))
+    receiver.statuses = [status, 200]
+    cid = chat.direct(alice, bob)
+    chat.send(alice, cid, "hello?")
+    assert run_due(make_pusher()) == 1
+    assert len(receiver.to("/gone")) == 1 and len(receiver.to("/kept")) == 1
+    devices = client.get("/v1/devices", headers=bob.headers).get_json()["devices"]
+    assert [d["id"] for d in devices] == [kept["id"]]
+    assert queue_is_empty(redis) and redis.llen(keys.PUSH_DEAD) == 0
+    assert redis.exists(keys.push_devices_flag(bob.id))
+
+
+def test_the_last_gone_device_clears_the_users_flag(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    redis: Any,
+) -> None:
+    receiver.status = 410
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url())
+    cid = chat.direct(alice, bob)
+    chat.send(alice, cid, "hello?")
+    run_due(make_pusher())
+    assert client.get("/v1/devices", headers=bob.headers).get_json()["devices"] == []
+    assert not redis.exists(keys.push_devices_flag(bob.id))
+    chat.send(alice, cid, "anyone?")
+    assert queue_is_empty(redis)
+
+
+def test_a_failing_device_does_not_resend_to_the_others(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    redis: Any,
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url("/ok"))
+    flaky = add_device(client, bob, receiver.url("/flaky"))
+    receiver.statuses = [200, 500]  # devices are tried in id order
+    chat.send(alice, chat.direct(alice, bob), "twice?")
+    pusher = make_pusher()
+    run_due(pusher)
+    [raw] = redis.zrange(keys.PUSH_RETRY, 0, -1)
+    assert Job.parse(raw).device_id == flaky["id"]
+    run_due(pusher)
+    assert len(receiver.to("/ok")) == 1 and len(receiver.to("/flaky")) == 2
+    assert queue_is_empty(redis)
+
+
+def test_backoff_grows_and_is_jittered() -> None:
+    for attempt in range(1, 8):
+        delays = {backoff_secs(attempt, 2.0, None) for _ in range(50)}
+        full = 2.0 * 2 ** (attempt - 1)
+        assert all(full / 2 <= d <= full for d in delays)
+        assert len(delays) > 1
+    assert backoff_secs(50, 2.0, None) <= 600
+    assert backoff_secs(1, 2.0, 30) == 30
+
+
+def test_signature_rejects_old_timestamps() -> None:
+    body = b'{"type":"messages"}'
+    old = int(time.time()) - 301
+    assert not verify("s3cret", body, sign("s3cret", body, old))
+    assert verify("s3cret", body, sign("s3cret", body, old + 2))
+    assert not verify("s3cret", body, "v1=abc")
+    header = sign("s3cret", body, 1_700_000_000)
+    mac = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={mac}"
+
+
+# ---- several workers, crashes ---------------------------------------------
+
+
+def test_two_running_workers_send_each_push_once(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    push_settings: Any,
+    redis: Any,
+) -> None:
+    push_settings(push_coalesce_secs=0)
+    alice = make_user()
+    others = [make_user() for _ in range(8)]
+    for user in others:
+        add_device(client, user, receiver.url(f"/{user.id}"))
+    pushers = [make_pusher(concurrency=3) for _ in range(2)]
+    serving = [gevent.spawn(p.run) for p in pushers]
+    for user in others:
+        chat.send(alice, chat.direct(alice, user), "one each")
+    wait_for(lambda: len(receiver.requests) >= len(others), what="every push")
+    gevent.sleep(0.5)
+    assert sorted(r.path for r in receiver.requests) == sorted(
+        f"/{u.id}" for u in others
+    )
+    for pusher in pushers:
+        pusher.stop()
+    gevent.joinall(serving, timeout=10, raise_error=True)
+    assert queue_is_empty(redis)
+
+
+def test_jobs_of_a_dead_worker_are_requeued_on_start(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    redis: Any,
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url())
+    sent = chat.send(alice, chat.direct(alice, bob), "survives a crash")
+    # A worker on another host takes the job, then dies (its heartbeat lapses).
+    crashed = make_pusher(worker_id="elsewhere:4242:abcdef")
+    crashed.heartbeat()
+    crashed.promote(now=time.time() + 60)
+    assert redis.lmove(keys.PUSH_QUEUE, crashed.processing, "RIGHT", "LEFT")
+    fresh = make_pusher()
+    assert fresh.start_up() == 0  # its heartbeat is still fresh: not dead yet
+    redis.delete(keys.push_alive(crashed.worker_id))
+    assert fresh.start_up() == 1
+    assert not redis.sismember(keys.PUSH_WORKERS, crashed.worker_id)
+    assert fresh.process_one() is True
+    [got] = receiver.requests
+    assert got.json["messages"] == [sent]
+    assert queue_is_empty(redis)
+
+
+def test_a_stray_job_in_a_live_workers_processing_list_is_requeued(
+    make_pusher: Any, redis: Any
+) -> None:
+    pusher = make_pusher()
+    raw = Job(1, 2, 3, 0, None, [{"sender_id": 2}]).to_json().encode()
+    redis.lpush(pusher.processing, raw)  # taken, but no consumer handles it
+    assert pusher.recover_strays() == 0  # a consumer may be about to
+    assert pusher.recover_strays() == 1
+    assert redis.lrange(keys.PUSH_QUEUE, 0, -1) == [raw]
+    assert redis.llen(pusher.processing) == 0
+
+
+def test_device_flags_are_rebuilt_after_redis_lost_them(
+    client: Any, make_user: Any, make_pusher: Any, redis: Any
+) -> None:
+    bob = make_user()
+    add_device(client, bob, "http://127.0.0.1:9/bob")
+    redis.delete(keys.push_devices_flag(bob.id), keys.PUSH_FLAGS_SYNCED)
+    make_pusher().start_up()
+    assert redis.exists(keys.push_devices_flag(bob.id))
+    assert redis.exists(keys.PUSH_FLAGS_SYNCED)
+
+
+def _start_worker(services: Services, log: Path, **env: str) -> subprocess.Popen:  # type: ignore[type-arg]
+    full = dict(os.environ)
+    full.update(services.env(**env))
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "messenger", "push-worker"],
+            cwd=ROOT,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_worker_killed_mid_job_is_requeued_and_delivered(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    push_settings: Any,
+    services: Services,
+    redis: Any,
+    tmp_path: Path,
+) -> None:
+    push_settings(push_coalesce_secs=0)
+    alice, bob = make_user(), make_user()
+    device = add_device(client, bob, receiver.url())
+    receiver.stall = True
+    sent = chat.send(alice, chat.direct(alice, bob), "don't lose me")
+    log = tmp_path / "push-worker.log"
+    env = {"MESSENGER_LOG_JSON": "0", "MESSENGER_LOG_LEVEL": "INFO"}
+    first = _start_worker(services, log, MESSENGER_PUSH_TIMEOUT_SECS="30", **env)
+    second = None
+    try:
+        wait_for(lambda: receiver.requests, 30, f"the first try:\n{log.read_text()}")
+        [worker_id] = [w.decode() for w in redis.smembers(keys.PUSH_WORKERS)]
+        assert redis.llen(keys.push_processing(worker_id)) == 1
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        receiver.stall = False
+        receiver.released.set()
+        second = _start_worker(services, log, **env)
+        wait_for(
+            lambda: len(receiver.requests) == 2 and queue_is_empty(redis),
+            30,
+            f"the requeued job:\n{log.read_text()}",
+        )
+        got = receiver.requests[1]
+        assert verify(device["secret"], got.body, got.headers[SIGNATURE_HEADER])
+        assert got.json["messages"] == [sent]
+        assert redis.llen(keys.PUSH_DEAD) == 0
+        assert worker_id.encode() not in redis.smembers(keys.PUSH_WORKERS)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=20) == 0, log.read_text()
+        assert "requeued 1 jobs of dead worker" in log.read_text()
+        assert redis.smembers(keys.PUSH_WORKERS) == set()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
