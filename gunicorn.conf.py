@@ -6,9 +6,14 @@ variables (see the README's configuration table).
 
 import contextlib
 import multiprocessing
+import os
 import resource
+import shutil
 import signal
+import socket
 import sys
+import tempfile
+from pathlib import Path
 
 from messenger.settings import ConfigError, load
 
@@ -17,6 +22,17 @@ try:
 except ConfigError as exc:
     print(f"messenger: configuration error: {exc}", file=sys.stderr)
     sys.exit(2)
+
+# Metrics of every worker: prometheus_client picks its storage when first
+# imported, which happens in the workers (importing messenger.settings above
+# doesn't), so the folder must be in the environment before they start. Each
+# worker writes its own files there; /metrics adds them up.
+_own_metrics_dir = _settings.metrics_dir is None
+_metrics_dir = _settings.metrics_dir or Path(
+    tempfile.mkdtemp(prefix="messenger-metrics-")
+)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+os.environ["MESSENGER_METRICS_DIR"] = str(_metrics_dir)  # the workers' settings
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers or multiprocessing.cpu_count()
@@ -45,10 +61,28 @@ proc_name = "messenger"
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    """Raise the open-file soft limit to the hard limit: one socket per held poll."""
+    """Raise the open-file soft limit to the hard limit: one socket per held poll.
+
+    Start the metrics from zero: files of an earlier run would be added in.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in _metrics_dir.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """A dead worker's held polls no longer count (its counters still do)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(_metrics_dir))
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def _drain() -> None:
@@ -62,13 +96,16 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """On SIGTERM, answer every held poll now instead of letting them time out."""
     import gevent
 
-    connections: set = set()  # type: ignore[type-arg]  # greenlets serving a client
-    busy: set = set()  # type: ignore[type-arg]  # ...and those inside a request
+    connections: dict = {}  # type: ignore[type-arg]  # greenlet → its client socket
+    busy: set = set()  # type: ignore[type-arg]  # greenlets inside a request
 
     def close_idle() -> None:
-        # Idle keep-alive connections would hold the worker until graceful_timeout.
-        for greenlet in list(connections - busy):
-            greenlet.kill(block=False)
+        # Idle keep-alive connections would hold the worker until graceful_timeout;
+        # shutting their sockets down ends them as a client hang-up would.
+        for greenlet, client in list(connections.items()):
+            if greenlet not in busy:
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)
 
     def handle_term(sig, frame):  # type: ignore[no-untyped-def]
         worker.alive = False
@@ -80,12 +117,12 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
     handle = worker.handle
     handle_request = worker.handle_request
 
-    def tracked_handle(*args):  # type: ignore[no-untyped-def]
-        connections.add(gevent.getcurrent())
+    def tracked_handle(listener, client, addr):  # type: ignore[no-untyped-def]
+        connections[gevent.getcurrent()] = client
         try:
-            return handle(*args)
+            return handle(listener, client, addr)
         finally:
-            connections.discard(gevent.getcurrent())
+            connections.pop(gevent.getcurrent(), None)
 
     def close_when_stopping(*args):  # type: ignore[no-untyped-def]
         # gunicorn decides keep-alive when a request starts: a poll answered by

@@ -12,7 +12,7 @@ from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from messenger import logs, metrics, runtime
-from messenger.api import register_blueprints
+from messenger.api import cors, limits, register_blueprints
 from messenger.errors import install_error_handlers
 from messenger.settings import Settings, load
 
@@ -60,7 +60,9 @@ def create_app(
     install_error_handlers(app)
     register_blueprints(app)
     app.before_request(_before)
+    limits.install(app)  # after _before: its errors still get a request id
     app.after_request(_after)
+    cors.install(app)
     app.extensions["messenger"] = rt
     return app
 
@@ -92,6 +94,8 @@ def _after(response: Response) -> Response:
         "method": request.method,
         "status": response.status_code,
         "duration_ms": round(duration * 1000, 2),
+        # The client address (behind nginx: from X-Forwarded-For, see ProxyFix).
+        "ip": request.remote_addr,
     }
     logger.info("%s %s %s", request.method, route, response.status_code, extra=extra)
     return response

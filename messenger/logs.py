@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "msg": record.getMessage(),
         }
-        for key in ("user_id", "route", "method", "status", "duration_ms"):
+        for key in ("user_id", "route", "method", "status", "duration_ms", "ip"):
             if hasattr(record, key):
                 line[key] = getattr(record, key)
         if record.exc_info:

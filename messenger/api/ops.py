@@ -1,13 +1,15 @@
-"""/healthz, /readyz (and, as they are added, /metrics and the OpenAPI document)."""
+"""/healthz, /readyz, /metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, Response, current_app
 
-from messenger.api.auth import public
-from messenger.services import health
+from messenger import metrics, runtime
+from messenger.api import openapi
+from messenger.api.auth import bearer_token, public
+from messenger.services import health, monitoring
 
 bp = Blueprint("ops", __name__)
 
@@ -36,3 +38,18 @@ def readyz() -> Any:
             {"Retry-After": "2"},
         )
     return {"status": "ok"}
+
+
+@bp.get("/metrics")
+def metrics_text() -> Any:
+    monitoring.authorize_scrape(bearer_token())
+    monitoring.refresh_gauges()
+    metrics_dir = runtime.get().settings.metrics_dir
+    body, content_type = metrics.exposition(str(metrics_dir) if metrics_dir else None)
+    return Response(body, content_type=content_type)
+
+
+@bp.get("/v1/openapi.json")
+@public
+def openapi_document() -> Any:
+    return openapi.document(current_app)

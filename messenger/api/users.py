@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
+from messenger.api import limits
 from messenger.api.auth import authenticated, public
 from messenger.api.common import path_id, request_json
 from messenger.schemas.base import load
 from messenger.schemas.users import HandleQuery, LoginIn, RegisterIn, UserOut
-from messenger.services import accounts
+from messenger.services import accounts, ratelimit
 
 bp = Blueprint("users", __name__, url_prefix="/v1")
 
@@ -18,6 +19,7 @@ bp = Blueprint("users", __name__, url_prefix="/v1")
 @bp.post("/users")
 @public
 def register() -> Any:
+    limits.per_address("register")
     data = load(RegisterIn(), request_json())
     user = accounts.register(data["handle"], data["password"], data.get("display_name"))
     return {"user": UserOut().dump(user)}, 201
@@ -26,7 +28,10 @@ def register() -> Any:
 @bp.post("/sessions")
 @public
 def login() -> Any:
+    limits.per_address("login")
     data = load(LoginIn(), request_json())
+    # Per handle too: guessing one account's password from many addresses.
+    ratelimit.check("login_handle", f"handle:{data['handle']}")
     token, user = accounts.login(data["handle"], data["password"])
     return {"token": token, "user": UserOut().dump(user)}, 201
 

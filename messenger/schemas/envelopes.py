@@ -1,0 +1,159 @@
+"""Schemas that only document: response envelopes, the error shape of API.md,
+and request variants a single loading schema can't express.
+
+The routes build their answers directly (hot paths avoid marshmallow); these
+schemas say what they build, and the fuzz test checks every answer against them.
+When a route gains a response field, add it here too.
+"""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from messenger.schemas.base import GROUP_MAX_MEMBERS, TITLE, Id, StrictSchema
+from messenger.schemas.conversations import ConversationOut
+from messenger.schemas.devices import DeviceOut, RegisteredDeviceOut
+from messenger.schemas.messages import MessageOut
+from messenger.schemas.users import UserOut
+
+ERROR_CODES = (
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "conflict",
+    "cursor_expired",
+    "payload_too_large",
+    "validation_failed",
+    "rate_limited",
+    "unavailable",
+    "internal",
+)
+
+EVENT_TYPES = (
+    "message",
+    "receipt",
+    "member_added",
+    "member_removed",
+    "conversation_updated",
+    "conversation_deleted",
+    "typing",
+    "presence",
+)
+
+
+class DirectConversationIn(StrictSchema):
+    """POST /v1/conversations, kind direct (CreateConversationIn loads both)."""
+
+    kind = fields.String(required=True, validate=validate.OneOf(["direct"]))
+    user_id = Id(required=True)
+
+
+class GroupConversationIn(StrictSchema):
+    """POST /v1/conversations, kind group."""
+
+    kind = fields.String(required=True, validate=validate.OneOf(["group"]))
+    title = fields.String(required=True, validate=TITLE)
+    member_ids = fields.List(Id(), validate=validate.Length(max=GROUP_MAX_MEMBERS))
+
+
+class ErrorBody(Schema):
+    code = fields.String(required=True, validate=validate.OneOf(ERROR_CODES))
+    message = fields.String(required=True)
+    # Named "fields" on the wire; the attribute can't be (Schema.fields).
+    field_errors = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        metadata={"description": "Validation errors by field (422 only)."},
+    )
+
+
+class ErrorOut(Schema):
+    error = fields.Nested(ErrorBody, required=True)
+
+
+class UserEnvelope(Schema):
+    user = fields.Nested(UserOut, required=True)
+
+
+class SessionOut(Schema):
+    token = fields.String(required=True)
+    user = fields.Nested(UserOut, required=True)
+
+
+class ConversationEnvelope(Schema):
+    conversation = fields.Nested(ConversationOut, required=True)
+
+
+class ConversationPage(Schema):
+    conversations = fields.List(fields.Nested(ConversationOut), required=True)
+    next = fields.String(required=True, allow_none=True)
+
+
+class MessageEnvelope(Schema):
+    message = fields.Nested(MessageOut, required=True)
+
+
+class MessagePage(Schema):
+    messages = fields.List(fields.Nested(MessageOut), required=True)
+    next_before = fields.Integer(required=True, allow_none=True)
+    next_after = fields.Integer(required=True, allow_none=True)
+
+
+class SearchPage(Schema):
+    messages = fields.List(fields.Nested(MessageOut), required=True)
+    next = fields.String(required=True, allow_none=True)
+
+
+class EventOut(Schema):
+    """One event: `type` plus the fields of that type at the top level."""
+
+    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    id = fields.Integer(metadata={"description": "Stored events only."})
+    message = fields.Nested(MessageOut)
+    conversation = fields.Nested(ConversationOut)
+    conversation_id = fields.Integer()
+    user_id = fields.Integer()
+    by = fields.Integer()
+    receipt = fields.String(validate=validate.OneOf(["delivered", "read"]))
+    seq = fields.Integer()
+    status = fields.String(validate=validate.OneOf(["online", "offline"]))
+    last_seen = fields.String(allow_none=True)
+
+
+class EventsPage(Schema):
+    events = fields.List(fields.Nested(EventOut), required=True)
+    cursor = fields.String(required=True)
+    more = fields.Boolean(required=True)
+
+
+class PresenceOut(Schema):
+    status = fields.String(
+        required=True, validate=validate.OneOf(["online", "offline"])
+    )
+    last_seen = fields.String(required=True, allow_none=True)
+
+
+class PresenceMap(Schema):
+    presence = fields.Dict(
+        keys=fields.String(), values=fields.Nested(PresenceOut), required=True
+    )
+
+
+class DeviceEnvelope(Schema):
+    device = fields.Nested(RegisteredDeviceOut, required=True)
+
+
+class DeviceList(Schema):
+    devices = fields.List(fields.Nested(DeviceOut), required=True)
+
+
+class HealthOut(Schema):
+    status = fields.String(required=True)
+
+
+class ReadyOut(Schema):
+    status = fields.String(required=True)
+    down = fields.List(fields.String())
+    error = fields.Nested(ErrorBody)

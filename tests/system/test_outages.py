@@ -1,0 +1,214 @@
+"""A dependency stops under a running gunicorn, then comes back.
+
+The server's shards 4-7 live on a PostgreSQL server of their own, and it has a
+Redis of its own, so both can be stopped without disturbing other tests. While a
+shard database is down, requests that need it get 503 with Retry-After and all
+others keep working; while Redis is down, everything degrades but answers. When
+each returns, service recovers without a restart, and nothing acknowledged during
+the outage is lost.
+"""
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from messenger.cli import cmd_migrate
+from messenger.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from messenger.settings import load
+from tests.conftest import TEST_SHARDS, Services
+from tests.system.conftest import Api, HttpUser, Server, start_gunicorn
+
+DOWN_SHARDS = range(4, TEST_SHARDS)  # on the second server
+
+
+@dataclass
+class Stack:
+    server: Server
+    api: Api
+    pg: EmbeddedPostgres
+    redis: EmbeddedRedis
+
+
+@pytest.fixture(scope="module")
+def stack(services: Services, settings: Any) -> Iterator[Stack]:
+    root = Path(tempfile.mkdtemp(prefix="messenger-outage-", dir="/var/tmp"))
+    root.chmod(0o755)
+    pg = EmbeddedPostgres(root / "pg", free_port(), databases=("m3",))
+    rds = EmbeddedRedis(root / "redis", free_port(), persistent=False)
+    pg.start()
+    rds.start()
+    env = {
+        "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('m1')};"
+        f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
+        "MESSENGER_REDIS_URL": rds.url,
+        "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
+        "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
+    }
+    cmd_migrate(load(services.env(**env)))
+    server = start_gunicorn(services, root, workers=2, **env)
+    try:
+        yield Stack(server, Api(server.url), pg, rds)
+    finally:
+        server.stop()
+        rds.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def user_on(api: Api, shards: range) -> HttpUser:
+    for _ in range(40):
+        user = api.user()
+        if user.id % TEST_SHARDS in shards:
+            return user
+    raise AssertionError(f"no user id landed on shards {shards}")
+
+
+def group_on(api: Api, owner: HttpUser, members: list[HttpUser], shards: range) -> int:
+    """A group whose id lands on `shards`. Ids come from one sequence, so groups
+    of a throwaway user step it until the next id fits (the owner's conversation
+    list must not gain groups on the other server)."""
+    stepper = api.user()
+    for _ in range(40):
+        r = requests.post(
+            api.url + "/v1/conversations",
+            headers=stepper.headers,
+            json={"kind": "group", "title": "step"},
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        if (r.json()["conversation"]["id"] + 1) % TEST_SHARDS in shards:
+            break
+    r = requests.post(
+        api.url + "/v1/conversations",
+        headers=owner.headers,
+        json={
+            "kind": "group",
+            "title": "outage",
+            "member_ids": [m.id for m in members],
+        },
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    conversation_id = int(r.json()["conversation"]["id"])
+    assert conversation_id % TEST_SHARDS in shards, "another test took an id"
+    return conversation_id
+
+
+def get(api: Api, user: HttpUser, path: str) -> requests.Response:
+    return requests.get(api.url + path, headers=user.headers, timeout=10)
+
+
+def assert_unavailable(r: requests.Response) -> None:
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "unavailable"
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def events_of(api: Api, user: HttpUser, cursor: str) -> list[dict[str, Any]]:
+    r = api.poll(user, cursor)
+    assert r.status_code == 200, r.text
+    return r.json()["events"]  # type: ignore[no-any-return]
+
+
+def test_a_stopped_shard_database_fails_only_what_needs_it(stack: Stack) -> None:
+    api = stack.api
+    up, up2 = user_on(api, range(4)), user_on(api, range(4))
+    down = user_on(api, DOWN_SHARDS)
+    healthy = group_on(api, up, [up2], range(4))
+    shared = group_on(api, up, [down], range(4))
+    cursors = {u.id: api.head(u) for u in (up, up2, down)}
+
+    stack.pg.stop()
+    try:
+        # What needs the stopped server: 503 with Retry-After, quickly.
+        started = time.monotonic()
+        assert_unavailable(
+            get(api, down, f"/v1/events?after={cursors[down.id]}&timeout=0")
+        )
+        assert_unavailable(get(api, down, "/v1/conversations"))
+        assert time.monotonic() - started < 5
+        ready = requests.get(api.url + "/readyz", timeout=10)
+        assert ready.status_code == 503 and "database" in ready.text
+        # Everything else keeps working.
+        assert api.send(up, healthy, "still here").status_code == 201
+        assert [e["message"]["body"] for e in events_of(api, up2, cursors[up2.id])] == [
+            "still here"
+        ]
+        r = get(api, up, "/v1/conversations")
+        assert r.status_code == 200, r.text
+        # A message to a member on the stopped server is durable: 201 now,
+        # delivered when the server is back.
+        assert api.send(up, shared, "for later").status_code == 201
+    finally:
+        stack.pg.start()
+
+    # Back without restarting gunicorn: broken pooled connections are replaced.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        r = get(api, down, f"/v1/events?after={cursors[down.id]}&timeout=0")
+        if r.status_code == 200 and r.json()["events"]:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 200, r.text
+    bodies = [
+        e["message"]["body"] for e in r.json()["events"] if e["type"] == "message"
+    ]
+    assert bodies == ["for later"]  # the sweeper finished the fan-out
+    assert get(api, down, "/v1/conversations").status_code == 200
+    assert requests.get(api.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_a_stopped_redis_degrades_and_recovers(stack: Stack) -> None:
+    api = stack.api
+    alice, bob = api.user(), api.user()
+    cid = api.direct(alice, bob)
+    cursor = api.head(bob)
+
+    stack.redis.stop()
+    try:
+        # Logins, sends (the rate limiter can't count: it lets them through) and
+        # polls all answer; a held poll re-reads the database instead of waiting
+        # for a wake-up.
+        carol = api.user()
+        assert get(api, carol, "/v1/users/me").status_code == 200
+        for n in range(3):
+            assert api.send(alice, cid, f"while down {n}").status_code == 201
+        r = api.poll(bob, cursor, timeout=3)
+        assert r.status_code == 200
+        assert [e["message"]["body"] for e in r.json()["events"]][:1] == [
+            "while down 0"
+        ]
+        ready = requests.get(api.url + "/readyz", timeout=10)
+        assert ready.status_code == 503 and "redis" in ready.text
+    finally:
+        stack.redis.start()
+
+    # Back: wake-ups flow again, so a held poll answers soon after a send.
+    cursor = api.head(bob)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if requests.get(api.url + "/readyz", timeout=10).status_code == 200:
+            break
+        time.sleep(0.5)
+    time.sleep(1)  # the dispatchers reconnect with a short backoff
+
+    def send_soon() -> None:
+        time.sleep(0.5)
+        api.send(alice, cid, "after")
+
+    sender = threading.Thread(target=send_soon)
+    started = time.monotonic()
+    sender.start()
+    r = api.poll(bob, cursor, timeout=20)
+    sender.join()
+    assert r.status_code == 200
+    assert [e["message"]["body"] for e in r.json()["events"]] == ["after"]
+    assert time.monotonic() - started < 5
