@@ -1,0 +1,1 @@
+"""The browser client: static files under static/, served by messenger.api.web."""

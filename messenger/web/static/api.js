@@ -1,0 +1,191 @@
+// HTTP client for the v1 API (shared/API.md). Every call returns the parsed JSON body
+// (null for 204) or throws an ApiError (the server answered with an error) or a
+// NetworkError (no answer at all: offline, connection reset, proxy timeout).
+
+export class ApiError extends Error {
+  constructor(status, code, message, fields, retryAfterSecs) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.fields = fields || null;
+    this.retryAfterSecs = retryAfterSecs;
+  }
+
+  /** True for answers worth retrying later: overload, outage, rate limit. */
+  get isTransient() {
+    return this.status >= 500 || this.status === 429 || this.status === 408;
+  }
+
+  /** The message plus any per-field validation messages, for display. */
+  describe() {
+    if (!this.fields) return this.message;
+    const parts = Object.entries(this.fields).map(
+      ([field, msgs]) => `${field}: ${[].concat(msgs).join(" ")}`,
+    );
+    return parts.length ? `${this.message} (${parts.join("; ")})` : this.message;
+  }
+}
+
+export class NetworkError extends Error {
+  constructor(message) {
+    super(message || "Cannot reach the server. Check your connection.");
+    this.name = "NetworkError";
+    this.isTransient = true;
+  }
+
+  describe() {
+    return this.message;
+  }
+}
+
+/** A user-readable sentence for any error thrown by this module (or a bug). */
+export function describeError(err) {
+  if (err && typeof err.describe === "function") return err.describe();
+  return (err && err.message) || "Something went wrong.";
+}
+
+let currentToken = null;
+let unauthorizedHandler = () => {};
+
+export function setToken(token) {
+  currentToken = token;
+}
+
+/** Called once per 401 answer to an authenticated call made with the current token. */
+export function onUnauthorized(handler) {
+  unauthorizedHandler = handler;
+}
+
+function parseRetryAfter(value) {
+  if (!value) return null;
+  const secs = Number(value);
+  if (Number.isFinite(secs)) return Math.max(0, secs);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
+}
+
+/**
+ * One API call.
+ *
+ * @param {string} method
+ * @param {string} path  e.g. "/v1/conversations"
+ * @param {{body?: object, query?: object, signal?: AbortSignal, auth?: boolean}} options
+ */
+export async function request(method, path, { body, query, signal, auth = true } = {}) {
+  const headers = { Accept: "application/json" };
+  const token = currentToken;
+  if (auth) {
+    if (!token) throw new ApiError(401, "unauthorized", "You are not logged in.");
+    headers.Authorization = `Bearer ${token}`;
+  }
+  // A POST without a body (typing, logout) sends no Content-Type (API.md).
+  const init = { method, headers, signal, cache: "no-store", credentials: "omit" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let url = path;
+  if (query) {
+    const params = new URLSearchParams();
+    for (const [key, value] of Object.entries(query)) {
+      if (value !== undefined && value !== null) params.set(key, String(value));
+    }
+    const qs = params.toString();
+    if (qs) url += `?${qs}`;
+  }
+
+  let res;
+  let text;
+  try {
+    res = await fetch(url, init);
+    text = await res.text();
+  } catch (err) {
+    if (err && err.name === "AbortError") throw err;
+    throw new NetworkError();
+  }
+
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null; // e.g. an HTML 502 page from a proxy
+    }
+  }
+  if (res.ok) return res.status === 204 ? null : data;
+
+  const detail = data && typeof data === "object" ? data.error : null;
+  const err = new ApiError(
+    res.status,
+    (detail && detail.code) || `http_${res.status}`,
+    (detail && detail.message) || `The server answered ${res.status} ${res.statusText}.`.trim(),
+    detail && detail.fields,
+    parseRetryAfter(res.headers.get("Retry-After")),
+  );
+  // A 401 for a token we no longer use (logged out meanwhile) is not news.
+  if (res.status === 401 && auth && token === currentToken) unauthorizedHandler(err);
+  throw err;
+}
+
+const enc = encodeURIComponent;
+
+// Users and sessions
+export const register = (handle, password, displayName) =>
+  request("POST", "/v1/users", {
+    auth: false,
+    body: displayName ? { handle, password, display_name: displayName } : { handle, password },
+  });
+export const login = (handle, password) =>
+  request("POST", "/v1/sessions", { auth: false, body: { handle, password } });
+export const logout = () => request("DELETE", "/v1/sessions/current");
+export const getMe = () => request("GET", "/v1/users/me");
+export const getUser = (userId) => request("GET", `/v1/users/${enc(userId)}`);
+export const findUserByHandle = (handle) => request("GET", "/v1/users", { query: { handle } });
+
+// Conversations
+export const listConversations = (before, limit = 50) =>
+  request("GET", "/v1/conversations", { query: { before, limit } });
+export const getConversation = (conversationId) =>
+  request("GET", `/v1/conversations/${enc(conversationId)}`);
+export const createDirect = (userId) =>
+  request("POST", "/v1/conversations", { body: { kind: "direct", user_id: userId } });
+export const createGroup = (title, memberIds) =>
+  request("POST", "/v1/conversations", {
+    body: { kind: "group", title, member_ids: memberIds },
+  });
+export const renameConversation = (conversationId, title) =>
+  request("PATCH", `/v1/conversations/${enc(conversationId)}`, { body: { title } });
+export const deleteConversation = (conversationId) =>
+  request("DELETE", `/v1/conversations/${enc(conversationId)}`);
+export const addMember = (conversationId, userId) =>
+  request("POST", `/v1/conversations/${enc(conversationId)}/members`, {
+    body: { user_id: userId },
+  });
+export const removeMember = (conversationId, userId) =>
+  request("DELETE", `/v1/conversations/${enc(conversationId)}/members/${enc(userId)}`);
+
+// Messages
+export const listMessages = (conversationId, { before, after, limit = 50 } = {}) =>
+  request("GET", `/v1/conversations/${enc(conversationId)}/messages`, {
+    query: { before, after, limit },
+  });
+export const sendMessage = (conversationId, clientMsgId, body) =>
+  request("POST", `/v1/conversations/${enc(conversationId)}/messages`, {
+    body: { client_msg_id: clientMsgId, body },
+  });
+export const postReceipt = (conversationId, type, seq) =>
+  request("POST", `/v1/conversations/${enc(conversationId)}/receipts`, {
+    body: { type, seq },
+  });
+export const postTyping = (conversationId) =>
+  request("POST", `/v1/conversations/${enc(conversationId)}/typing`);
+
+// Events and presence
+export const getEvents = (after, timeoutSecs, signal) =>
+  request("GET", "/v1/events", {
+    query: after == null ? {} : { after, timeout: timeoutSecs },
+    signal,
+  });
+export const getPresence = (userIds) =>
+  request("GET", "/v1/presence", { query: { user_ids: userIds.join(",") } });

@@ -1,0 +1,474 @@
+"""The browser client (messenger/web/static) in a real Chromium against gunicorn.
+
+Playwright drives Debian's Chromium (/usr/bin/chromium); no browser is downloaded.
+Without Chromium or Playwright these tests are skipped on a developer machine and
+fail in CI (CI=true), which installs both. Screenshots of the main screens are
+saved to artifacts/screenshots/ for a person to look at.
+"""
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import Services, unique_handle
+from tests.system.conftest import ROOT, Server, start_gunicorn
+
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    # As root, Chromium's sandbox cannot start; the page is our own.
+    "--no-sandbox",
+    "--disable-gpu",
+    # Containers often have a tiny /dev/shm; Chromium crashes tabs when it is full.
+    "--disable-dev-shm-usage",
+    # The network is closed: no update checks, sync, field trials or QUIC probes.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+WIDE = {"width": 1100, "height": 700}
+PHONE = {"width": 390, "height": 760}
+# Bounds for anything the page should do "at once" (delivery, rendering): generous
+# for a loaded CI machine, tiny next to a test run.
+UI_TIMEOUT_MS = 10_000
+PASSWORD = "password123"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI must install it: see .ci/run)")
+    pytest.skip(reason)
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or (
+        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    )
+    if path is None:
+        _unavailable("chromium is not installed (apt-get install chromium)")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = _chromium()
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[test]')")
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(
+            executable_path=executable,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            timeout=30_000,
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture(scope="module")
+def web(
+    services: Services, settings: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    server = start_gunicorn(services, tmp_path_factory.mktemp("browser"), workers=2)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Account:
+    id: int
+    handle: str
+    display_name: str
+    token: str  # an API session of its own, for checks from outside the browser
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def account(web: Server) -> Any:
+    """Register a user through the API (faster than the form)."""
+
+    def make(display_name: str) -> Account:
+        handle = unique_handle(display_name.lower())
+        body = {"handle": handle, "password": PASSWORD, "display_name": display_name}
+        r = requests.post(web.url + "/v1/users", json=body, timeout=10)
+        assert r.status_code == 201, r.text
+        login = {"handle": handle, "password": PASSWORD}
+        r = requests.post(web.url + "/v1/sessions", json=login, timeout=10)
+        assert r.status_code == 201, r.text
+        return Account(r.json()["user"]["id"], handle, display_name, r.json()["token"])
+
+    return make
+
+
+@pytest.fixture
+def open_page(browser: Any, web: Server) -> Iterator[Any]:
+    """A page in a fresh browser context (its own sessionStorage: one person)."""
+    contexts: list[Any] = []
+
+    def open_(viewport: dict[str, int] = WIDE) -> Any:
+        context = browser.new_context(viewport=viewport, base_url=web.url)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        page.goto("/")
+        return page
+
+    try:
+        yield open_
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def tid(page: Any, test_id: str) -> Any:
+    return page.get_by_test_id(test_id)
+
+
+def log_in(page: Any, user: Account) -> None:
+    from playwright.sync_api import expect
+
+    expect(tid(page, "auth-view")).to_be_visible()
+    tid(page, "login-handle").fill(user.handle)
+    tid(page, "login-password").fill(PASSWORD)
+    tid(page, "login-button").click()
+    wait_live(page)
+    expect(tid(page, "me-name")).to_contain_text(user.display_name)
+
+
+def wait_live(page: Any, timeout_ms: int = UI_TIMEOUT_MS) -> None:
+    from playwright.sync_api import expect
+
+    expect(tid(page, "app-view")).to_be_visible()
+    expect(tid(page, "connection-status")).to_have_attribute(
+        "data-state", "live", timeout=timeout_ms
+    )
+
+
+def open_direct(page: Any, peer: Account) -> int:
+    from playwright.sync_api import expect
+
+    tid(page, "new-direct-handle").fill(peer.handle)
+    tid(page, "new-direct-button").click()
+    expect(tid(page, "chat-title")).to_have_text(peer.display_name)
+    return int(tid(page, "chat").get_attribute("data-conversation-id"))
+
+
+def send(page: Any, text: str) -> None:
+    tid(page, "message-input").fill(text)
+    tid(page, "message-input").press("Enter")
+
+
+def message(page: Any, body: str) -> Any:
+    """The message element(s) of the open chat with exactly this body."""
+    return tid(page, "message").filter(
+        has=page.get_by_test_id("message-body").get_by_text(body, exact=True)
+    )
+
+
+def expect_message(page: Any, body: str, *, own: bool) -> Any:
+    from playwright.sync_api import expect
+
+    found = message(page, body)
+    expect(found).to_have_count(1)
+    expect(found).to_have_attribute("data-own", "true" if own else "false")
+    expect(found).to_have_attribute("data-seq", str_re(r"\d+"))
+    return found
+
+
+def str_re(pattern: str) -> Any:
+    import re
+
+    return re.compile(pattern)
+
+
+def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def history(web: Server, user: Account, conversation_id: int) -> list[dict[str, Any]]:
+    r = requests.get(
+        f"{web.url}/v1/conversations/{conversation_id}/messages",
+        headers=user.headers,
+        params={"limit": 200},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["messages"]  # type: ignore[no-any-return]
+
+
+def test_register_and_chat_both_ways_in_real_time(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    bob = account("Bob")
+    alice_page = open_page()
+    expect(tid(alice_page, "auth-view")).to_be_visible()
+    screenshot(alice_page, "login")
+    # Alice creates her account with the form.
+    alice_handle = unique_handle("alice")
+    tid(alice_page, "login-handle").fill(alice_handle)
+    tid(alice_page, "login-password").fill(PASSWORD)
+    tid(alice_page, "register-display-name").fill("Alice")
+    tid(alice_page, "register-button").click()
+    wait_live(alice_page)
+    expect(tid(alice_page, "me-name")).to_contain_text("Alice")
+    bob_page = open_page()
+    log_in(bob_page, bob)
+
+    conversation_id = open_direct(alice_page, bob)
+    send(alice_page, "Hi Bob! Lunch?")
+    expect_message(alice_page, "Hi Bob! Lunch?", own=True)
+    # Bob, looking at his list, sees the new chat arrive with an unread badge.
+    item = tid(bob_page, "conversation-item").filter(has_text="Alice")
+    expect(item).to_have_attribute("data-conversation-id", str(conversation_id))
+    expect(item.get_by_test_id("unread-badge")).to_have_text(str_re("1"))
+    expect(item.get_by_test_id("conversation-preview")).to_contain_text(
+        "Hi Bob! Lunch?"
+    )
+    screenshot(bob_page, "conversation-list")
+    item.click()
+    expect_message(bob_page, "Hi Bob! Lunch?", own=False)
+    # Bob opened it: Alice's tick turns to "read", Bob's badge goes away.
+    expect(message(alice_page, "Hi Bob! Lunch?")).to_have_attribute(
+        "data-status", "read"
+    )
+    expect(item.get_by_test_id("unread-badge")).to_have_count(0)
+
+    send(bob_page, "Sure, at noon.")
+    expect_message(alice_page, "Sure, at noon.", own=False)
+    send(alice_page, "See you there")
+    expect_message(bob_page, "See you there", own=False)
+    screenshot(alice_page, "chat")
+    bodies = [m["body"] for m in history(web, bob, conversation_id)]
+    assert bodies == ["Hi Bob! Lunch?", "Sure, at noon.", "See you there"]
+
+
+def test_reload_keeps_the_conversation(open_page: Any, account: Any) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    alice_page, bob_page = open_page(), open_page()
+    log_in(alice_page, alice)
+    log_in(bob_page, bob)
+    open_direct(alice_page, bob)
+    send(alice_page, "before the reload")
+    expect_message(alice_page, "before the reload", own=True)
+
+    alice_page.reload()
+    # Still logged in (the session is in sessionStorage), back in the same chat.
+    wait_live(alice_page)
+    expect(tid(alice_page, "chat-title")).to_have_text("Bob")
+    expect_message(alice_page, "before the reload", own=True)
+    # ...and the page is live again: both directions still work.
+    tid(bob_page, "conversation-item").filter(has_text="Alice").click()
+    send(bob_page, "after the reload")
+    expect_message(alice_page, "after the reload", own=False)
+    send(alice_page, "still here")
+    expect_message(bob_page, "still here", own=False)
+    expect(tid(alice_page, "message")).to_have_count(3)
+
+
+def test_group_of_three(open_page: Any, account: Any, web: Server) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob, carol = account("Alice"), account("Bob"), account("Carol")
+    pages = {name: open_page() for name in ("alice", "bob", "carol")}
+    for name, user in (("alice", alice), ("bob", bob), ("carol", carol)):
+        log_in(pages[name], user)
+
+    alice_page = pages["alice"]
+    tid(alice_page, "new-group-toggle").click()
+    tid(alice_page, "group-title").fill("Lunch crew")
+    tid(alice_page, "group-members").fill(f"{bob.handle}, @{carol.handle}")
+    tid(alice_page, "create-group-button").click()
+    expect(tid(alice_page, "chat-title")).to_have_text("Lunch crew")
+    conversation_id = int(tid(alice_page, "chat").get_attribute("data-conversation-id"))
+    send(alice_page, "Pizza or sushi?")
+
+    for name in ("bob", "carol"):
+        page = pages[name]
+        tid(page, "conversation-item").filter(has_text="Lunch crew").click()
+        expect_message(page, "Pizza or sushi?", own=False)
+    send(pages["bob"], "Pizza!")
+    send(pages["carol"], "Sushi, please")
+    for name, page in pages.items():
+        expect_message(page, "Pizza!", own=name == "bob")
+        expect_message(page, "Sushi, please", own=name == "carol")
+        expect(tid(page, "message")).to_have_count(3)
+    # Senders are named in a group.
+    expect(message(alice_page, "Pizza!").get_by_test_id("message-sender")).to_have_text(
+        "Bob"
+    )
+    screenshot(alice_page, "group-chat")
+    tid(alice_page, "members-button").click()
+    expect(tid(alice_page, "member")).to_have_count(3)
+    screenshot(alice_page, "group-members")
+    bodies = [m["body"] for m in history(web, carol, conversation_id)]
+    assert sorted(bodies) == sorted(["Pizza or sushi?", "Pizza!", "Sushi, please"])
+    assert bodies[0] == "Pizza or sushi?"
+
+
+class Outage:
+    """Alice's browser loses the server for a while (page.route).
+
+    The first send reaches the server and is stored, but its answer is lost; the
+    next one does not get through at all; the third one does, and answers 200
+    because the server already has that client_msg_id. Meanwhile Alice's long polls
+    fail too (so the stored message cannot reach her page as an event, which would
+    make the retry unnecessary); they recover once a send went through.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.on = False
+        self.sends: list[tuple[str, int | None]] = []  # (client_msg_id, status)
+
+    def events(self, route: Any) -> None:
+        if self.on:
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    def messages(self, route: Any) -> None:
+        request = route.request
+        if request.method != "POST" or not self.on:
+            route.continue_()
+            return
+        client_msg_id = json.loads(request.post_data)["client_msg_id"]
+        attempt = len(self.sends) + 1
+        if attempt == 1:
+            stored = route.fetch()
+            self.sends.append((client_msg_id, stored.status))
+            route.abort("connectionreset")
+        elif attempt == 2:
+            self.sends.append((client_msg_id, None))
+            route.abort("internetdisconnected")
+        else:
+            answer = route.fetch()
+            self.sends.append((client_msg_id, answer.status))
+            self.on = False
+            route.fulfill(response=answer)
+
+
+def test_message_sent_during_an_outage_is_delivered_once(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    alice_page, bob_page = open_page(), open_page()
+    outage = Outage()
+    alice_page.route("**/v1/events*", outage.events)
+    alice_page.route("**/v1/conversations/*/messages", outage.messages)
+    log_in(alice_page, alice)
+    log_in(bob_page, bob)
+    conversation_id = open_direct(alice_page, bob)
+    tid(bob_page, "conversation-item").filter(has_text="Alice").click()
+    bob_cursor = requests.get(
+        f"{web.url}/v1/events", headers=bob.headers, timeout=10
+    ).json()["cursor"]
+
+    # The outage starts; a message from Bob answers Alice's poll held since before
+    # (so no poll of hers is waiting on the server), and her next poll fails.
+    outage.on = True
+    r = requests.post(
+        f"{web.url}/v1/conversations/{conversation_id}/messages",
+        headers=bob.headers,
+        timeout=10,
+        json={"client_msg_id": "before-outage", "body": "Are you there?"},
+    )
+    assert r.status_code == 201, r.text
+    expect_message(alice_page, "Are you there?", own=False)
+    expect(tid(alice_page, "connection-status")).not_to_have_attribute(
+        "data-state", "live"
+    )
+
+    send(alice_page, "sent into the void")
+    unsent = message(alice_page, "sent into the void")
+    expect(unsent).to_have_attribute("data-status", "failed")
+    expect(unsent.get_by_test_id("message-error")).to_contain_text("Not sent")
+    # The client retries by itself (backoff) with the same client_msg_id.
+    expect(unsent).to_have_attribute("data-seq", str_re(r"\d+"), timeout=15_000)
+    expect_message(alice_page, "sent into the void", own=True)
+    expect_message(bob_page, "sent into the void", own=False)
+
+    assert len(outage.sends) == 3, outage.sends
+    client_msg_ids = {client_msg_id for client_msg_id, _ in outage.sends}
+    assert len(client_msg_ids) == 1, outage.sends
+    assert [status for _, status in outage.sends] == [201, None, 200]
+    stored = [
+        m
+        for m in history(web, bob, conversation_id)
+        if m["body"] == "sent into the void"
+    ]
+    assert len(stored) == 1
+    assert stored[0]["client_msg_id"] in client_msg_ids
+    # One event for Bob: the retry stored nothing and announced nothing.
+    events = requests.get(
+        f"{web.url}/v1/events",
+        headers=bob.headers,
+        timeout=10,
+        params={"after": bob_cursor, "timeout": 0, "limit": 500},
+    )
+    bodies = [
+        e["message"]["body"] for e in events.json()["events"] if e["type"] == "message"
+    ]
+    assert bodies == ["Are you there?", "sent into the void"]
+    # Alice's poll comes back by itself (after its backoff, at most 30 s) and the
+    # event of her own message does not add a copy.
+    wait_live(alice_page, timeout_ms=35_000)
+    expect(message(alice_page, "sent into the void")).to_have_count(1)
+    expect(message(bob_page, "sent into the void")).to_have_count(1)
+
+
+def test_phone_sized_screen_shows_one_pane_at_a_time(
+    open_page: Any, account: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    bob_page = open_page(PHONE)
+    log_in(bob_page, bob)
+    alice_page = open_page()
+    log_in(alice_page, alice)
+    open_direct(alice_page, bob)
+    send(alice_page, "Are you on your phone?")
+
+    expect(tid(bob_page, "app-view")).to_have_attribute("data-view", "list")
+    item = tid(bob_page, "conversation-item").filter(has_text="Alice")
+    expect(item.get_by_test_id("unread-badge")).to_be_visible()
+    screenshot(bob_page, "phone-list")
+    item.click()
+    expect(tid(bob_page, "app-view")).to_have_attribute("data-view", "chat")
+    expect(tid(bob_page, "conversation-list")).not_to_be_visible()
+    expect_message(bob_page, "Are you on your phone?", own=False)
+    send(bob_page, "Yes, replying from the bus.")
+    expect_message(alice_page, "Yes, replying from the bus.", own=False)
+    expect(tid(bob_page, "message-input")).to_be_in_viewport()
+    screenshot(bob_page, "phone-chat")
+    tid(bob_page, "back-button").click()
+    expect(tid(bob_page, "app-view")).to_have_attribute("data-view", "list")
+    expect(tid(bob_page, "conversation-list")).to_be_visible()
