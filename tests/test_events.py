@@ -4,17 +4,11 @@ import time
 from typing import Any
 
 import gevent
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from messenger import runtime
-
-
-def wait_until_held(user_id: int, timeout: float = 5.0) -> None:
-    hub = runtime.get().hub
-    deadline = time.monotonic() + timeout
-    while not hub.is_holding(user_id):
-        assert time.monotonic() < deadline, "poll was never held"
-        gevent.sleep(0.005)
+from tests.conftest import wait_until_held
 
 
 def test_without_after_answers_head_at_once(client: Any, make_user: Any) -> None:
@@ -26,8 +20,7 @@ def test_without_after_answers_head_at_once(client: Any, make_user: Any) -> None
     assert r.headers["Cache-Control"] == "no-store"
 
 
-def test_waiting_events_answer_at_once(client: Any, make_user: Any,
-                                       chat: Any) -> None:
+def test_waiting_events_answer_at_once(client: Any, make_user: Any, chat: Any) -> None:
     alice, bob = make_user(), make_user()
     cursor = chat.head(bob)
     cid = chat.direct(alice, bob)
@@ -45,8 +38,7 @@ def test_waiting_events_answer_at_once(client: Any, make_user: Any,
     assert again == {"events": [], "cursor": page["cursor"], "more": False}
 
 
-def test_held_poll_is_woken_by_a_send(client: Any, make_user: Any,
-                                      chat: Any) -> None:
+def test_held_poll_is_woken_by_a_send(client: Any, make_user: Any, chat: Any) -> None:
     alice, bob = make_user(), make_user()
     cid = chat.direct(alice, bob)
     cursor = chat.poll(bob, chat.head(bob))["cursor"]
@@ -60,8 +52,9 @@ def test_held_poll_is_woken_by_a_send(client: Any, make_user: Any,
     assert [e["message"]["body"] for e in page["events"]] == ["wake up"]
 
 
-def test_poll_times_out_with_same_cursor(client: Any, make_user: Any,
-                                         chat: Any) -> None:
+def test_poll_times_out_with_same_cursor(
+    client: Any, make_user: Any, chat: Any
+) -> None:
     user = make_user()
     cursor = chat.head(user)
     started = time.monotonic()
@@ -71,8 +64,7 @@ def test_poll_times_out_with_same_cursor(client: Any, make_user: Any,
     assert not runtime.get().hub.is_holding(user.id)
 
 
-def test_every_device_of_a_user_wakes(client: Any, make_user: Any,
-                                      chat: Any) -> None:
+def test_every_device_of_a_user_wakes(client: Any, make_user: Any, chat: Any) -> None:
     alice, bob = make_user(), make_user()
     cid = chat.direct(alice, bob)
     cursor = chat.drain(bob, chat.head(bob))[1]
@@ -110,11 +102,21 @@ def test_more_and_offline_catch_up(client: Any, make_user: Any, chat: Any) -> No
 def test_query_validation(client: Any, make_user: Any, chat: Any) -> None:
     user = make_user()
     cursor = chat.head(user)
-    for bad in ("timeout=56", "timeout=-1", "timeout=abc", "limit=0", "limit=501",
-                "after=abc", "after=-5"):
-        r = client.get(f"/v1/events?after={cursor}&{bad}"
-                       if not bad.startswith("after") else f"/v1/events?{bad}",
-                       headers=user.headers)
+    for bad in (
+        "timeout=56",
+        "timeout=-1",
+        "timeout=abc",
+        "limit=0",
+        "limit=501",
+        "after=abc",
+        "after=-5",
+    ):
+        r = client.get(
+            f"/v1/events?after={cursor}&{bad}"
+            if not bad.startswith("after")
+            else f"/v1/events?{bad}",
+            headers=user.headers,
+        )
         assert r.status_code == 422, bad
         assert r.get_json()["error"]["code"] == "validation_failed"
     # Cache busters from old proxies are ignored, not refused.
@@ -122,8 +124,7 @@ def test_query_validation(client: Any, make_user: Any, chat: Any) -> None:
     assert r.status_code == 200
 
 
-def test_cursor_from_the_future_is_410(client: Any, make_user: Any,
-                                       chat: Any) -> None:
+def test_cursor_from_the_future_is_410(client: Any, make_user: Any, chat: Any) -> None:
     user = make_user()
     head = int(chat.head(user))
     r = client.get(f"/v1/events?after={head + 1000}&timeout=0", headers=user.headers)
@@ -131,8 +132,9 @@ def test_cursor_from_the_future_is_410(client: Any, make_user: Any,
     assert r.get_json()["error"]["code"] == "cursor_expired"
 
 
-def test_trimmed_cursor_is_410(client: Any, make_user: Any, chat: Any,
-                               shards: Any) -> None:
+def test_trimmed_cursor_is_410(
+    client: Any, make_user: Any, chat: Any, shards: Any
+) -> None:
     from messenger.workers import sweeper
 
     alice, bob = make_user(), make_user()
@@ -140,16 +142,20 @@ def test_trimmed_cursor_is_410(client: Any, make_user: Any, chat: Any,
     old = chat.head(bob)
     chat.send(alice, cid, "old news")
     with shards.on_user(bob.id, "age_events") as cur:
-        cur.run("UPDATE {s}.events SET created_at = now() - interval '40 days' "
-                "WHERE user_id = %s", (bob.id,))
+        cur.run(
+            "UPDATE {s}.events SET created_at = now() - interval '40 days' "
+            "WHERE user_id = %s",
+            (bob.id,),
+        )
     assert sweeper.trim_once(runtime.get(), 30) >= 1
     r = client.get(f"/v1/events?after={old}&timeout=0", headers=bob.headers)
     assert r.status_code == 410
     fresh = chat.head(bob)
     assert chat.poll(bob, fresh)["events"] == []
     # History still has the message after its event is trimmed.
-    history = client.get(f"/v1/conversations/{cid}/messages",
-                         headers=bob.headers).get_json()
+    history = client.get(
+        f"/v1/conversations/{cid}/messages", headers=bob.headers
+    ).get_json()
     assert [m["body"] for m in history["messages"]] == ["old news"]
 
 
@@ -162,13 +168,21 @@ def test_client_gone_leaves_the_hub(client: Any, make_user: Any, chat: Any) -> N
     assert not runtime.get().hub.is_holding(user.id)
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=st.lists(st.tuples(st.integers(0, 3), st.sampled_from([0, 0.02, 0.2])),
-                     min_size=1, max_size=12))
-def test_polling_with_every_cursor_sees_each_event_once(client: Any, make_user: Any,
-                                                        chat: Any,
-                                                        plan: list[Any]) -> None:
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    plan=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from([0, 0.02, 0.2])),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_polling_with_every_cursor_sees_each_event_once(
+    client: Any, make_user: Any, chat: Any, plan: list[Any]
+) -> None:
     """Sends at random moments around a client's polls: nothing lost or repeated."""
     alice, bob = make_user(), make_user()
     cid = chat.direct(alice, bob)
@@ -185,10 +199,10 @@ def test_polling_with_every_cursor_sees_each_event_once(client: Any, make_user: 
     seen: list[int] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        page = chat.poll(bob, cursor, timeout=0.05 if not job.dead else 0,
-                         limit=3)
-        seen.extend(e["message"]["seq"] for e in page["events"]
-                    if e["type"] == "message")
+        page = chat.poll(bob, cursor, timeout=0.05 if not job.dead else 0, limit=3)
+        seen.extend(
+            e["message"]["seq"] for e in page["events"] if e["type"] == "message"
+        )
         cursor = page["cursor"]
         if job.dead and not page["more"] and not page["events"]:
             break

@@ -49,6 +49,7 @@ class Dispatcher:
         )
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
+        self._has_blmpop = True
 
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._keep_registered)]
@@ -74,14 +75,9 @@ class Dispatcher:
                     self.hub.wake_all()
                 backoff = 0.1
                 while not self._stopping:
-                    item = client.blpop([key], timeout=BLOCK_SECS)
-                    if item is None:
-                        continue
-                    batch = [item[1]]
-                    more = client.lpop(key, BATCH)
-                    if more:
-                        batch.extend(more)
-                    self._deliver(batch)
+                    batch = self._pop(client, key)
+                    if batch:
+                        self._deliver(batch)
             except redis.RedisError as exc:
                 metrics.REDIS_ERRORS.labels(op="dispatch").inc()
                 if self.hub.redis_ok:
@@ -96,6 +92,29 @@ class Dispatcher:
                 backoff = min(backoff * 2, BACKOFF_MAX_SECS)
             finally:
                 client.close()
+
+    def _pop(self, client: redis.Redis, key: str) -> list[bytes]:
+        """Wait for wake-ups; a batch of them in one round trip (BLMPOP, Redis 7).
+
+        Older Redis lacks BLMPOP: BLPOP then LPOP the rest (one more round trip).
+        """
+        if self._has_blmpop:
+            try:
+                found = client.blmpop(BLOCK_SECS, 1, key, direction="LEFT", count=BATCH)
+            except redis.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._has_blmpop = False
+            else:
+                return list(found[1]) if found else []
+        item = client.blpop([key], timeout=BLOCK_SECS)
+        if item is None:
+            return []
+        batch = [item[1]]
+        more = client.lpop(key, BATCH)
+        if more:
+            batch.extend(more)
+        return batch
 
     def _deliver(self, batch: list[bytes]) -> None:
         metrics.WAKES_RECEIVED.inc(len(batch))

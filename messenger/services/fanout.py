@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 
 from messenger import metrics, runtime
+from messenger.models import Message
 from messenger.storage import events as event_store
 from messenger.storage.events import FanoutBatch, OutboxRow
 from messenger.storage.pools import ShardCursor
@@ -53,6 +54,51 @@ def fan_out(conversation_id: int) -> int:
     metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
     _after_fanout(rows)
     return len(rows)
+
+
+def commit_with_fanout(
+    cur: ShardCursor, message: Message, recipients: list[int]
+) -> bool:
+    """Write a just-stored message into every member's stream and commit, all in
+    the sender's transaction, when every member's shard shares the
+    conversation's database. Returns False (nothing written, nothing committed)
+    otherwise: the caller then queues it in the outbox.
+
+    The conversation's row lock, held since the seq bump, keeps fan-outs of one
+    conversation in seq order; user counters are locked in one global order.
+    """
+    router = runtime.get().router
+    conv_dsn = router.dsn_of(message.conversation_id)
+    by_schema: dict[str, list[int]] = defaultdict(list)
+    for user_id in recipients:
+        if router.dsn_of(user_id) != conv_dsn:
+            return False
+        by_schema[router.schema_of(user_id)].append(user_id)
+    batch = FanoutBatch(cur)
+    for schema in sorted(by_schema):
+        batch.lock(schema, by_schema[schema])
+    for schema in sorted(by_schema):
+        batch.message(schema, by_schema[schema], message)
+    batch.execute(commit=True)
+    return True
+
+
+def after_commit(message: Message, recipients: list[int]) -> None:
+    """Wake the members and run the after-fan-out hooks (push) for one message."""
+    runtime.get().waker.wake_users(sorted(set(recipients)))
+    _after_fanout(
+        [
+            OutboxRow(
+                0,
+                message.conversation_id,
+                "message",
+                tuple(recipients),
+                {},
+                message.created_at,
+                message,
+            )
+        ]
+    )
 
 
 def _plan(router: Router, rows: list[OutboxRow]) -> dict[str, dict[str, set[int]]]:

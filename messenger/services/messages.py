@@ -16,34 +16,49 @@ logger = logging.getLogger(__name__)
 def send(
     sender_id: int, conversation_id: int, *, client_msg_id: str, body: str
 ) -> tuple[Message, bool]:
-    """Store a message durably, then fan it out to every member's stream.
+    """Store a message durably and deliver it to every member's stream.
 
-    The message is committed (with its outbox row) before this returns, whatever
-    happens to the fan-out afterwards: a failed fan-out is finished by the sweeper.
-    A retry with the same client_msg_id returns the stored message and False;
-    nothing is written twice and no second event is produced.
+    The message is committed before this returns. When every member's shard
+    shares the conversation's database (the usual case), the members' events are
+    written in the same transaction; otherwise the fan-out is queued in the outbox
+    in that transaction and run after the commit (a failure there is finished by
+    the sweeper). A retry with the same client_msg_id returns the stored message
+    and False; nothing is written twice and no second event is produced.
 
     Raises:
         NotFound: no such conversation, or the sender is not a member.
     """
     router = runtime.get().router
+    inline = False
     with router.on_conversation(
         conversation_id, "send_message", transaction=False
     ) as cur:
         try:
-            stored = store.insert(cur, conversation_id, sender_id, client_msg_id, body)
+            stored = store.begin_send(
+                cur, conversation_id, sender_id, client_msg_id, body
+            )
+            if stored is None:
+                store.rollback(cur)
+                raise NotFound("No such conversation.")
+            message, recipients, has_queued = stored
+            if not has_queued:
+                inline = fanout.commit_with_fanout(cur, message, recipients)
+            if not inline:
+                store.queue_and_commit(cur, message, recipients)
         except store.DuplicateClientMsgId:
+            store.rollback(cur)
             existing = store.existing(cur, conversation_id, sender_id, client_msg_id)
             if existing is None:  # pragma: no cover - the unique key says it exists
                 raise
             return existing, False
-    if stored is None:
-        raise NotFound("No such conversation.")
-    seq, created_at = stored
-    fanout.fan_out_quietly(conversation_id)
-    return Message(
-        conversation_id, seq, sender_id, client_msg_id, body, created_at
-    ), True
+        except BaseException:
+            store.rollback(cur)
+            raise
+    if inline:
+        fanout.after_commit(message, recipients)
+    else:
+        fanout.fan_out_quietly(conversation_id)
+    return message, True
 
 
 def history(

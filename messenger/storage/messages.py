@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import psycopg2.errors
@@ -10,12 +9,18 @@ import psycopg2.errors
 from messenger.models import Message
 from messenger.storage.pools import ShardCursor
 
-# One statement, so in autocommit mode it is one atomic transaction and one round
-# trip: check membership, bump the conversation's seq under its row lock (this
-# serialises senders of one conversation, which ordering needs), store the message,
-# move the sender's own read position, and queue the fan-out in the outbox.
-# A duplicate client_msg_id fails the whole statement (no seq is used up).
-_SEND = """
+# The send, in one round trip: check membership, bump the conversation's seq
+# under its row lock (this serialises senders of one conversation, which ordering
+# needs), store the message and move the sender's own read position, in a
+# transaction left open so the fan-out can join it. A duplicate client_msg_id
+# fails the statement (no seq is used up).
+# The second statement runs with a fresh snapshot, after the first took the
+# conversation's row lock: membership changes (which take that lock too) can't
+# slip in between, so the recipients it reads are exactly the members at this seq,
+# and it sees any outbox row still waiting (then this message must queue behind
+# it to keep every member's events in order).
+_SEND_BEGIN = """
+BEGIN;
 WITH member AS (
     SELECT 1 FROM {s}.members WHERE conversation_id = %(c)s AND user_id = %(u)s
 ), bumped AS (
@@ -25,21 +30,26 @@ WITH member AS (
 ), msg AS (
     INSERT INTO {s}.messages (conversation_id, seq, sender_id, client_msg_id, body)
     SELECT %(c)s, last_seq, %(u)s, %(cmid)s, %(body)s FROM bumped
-    RETURNING seq, created_at
-), own_read AS (
-    UPDATE {s}.members m
-    SET read_seq = GREATEST(m.read_seq, msg.seq),
-        delivered_seq = GREATEST(m.delivered_seq, msg.seq)
-    FROM msg WHERE m.conversation_id = %(c)s AND m.user_id = %(u)s
-), queued AS (
-    INSERT INTO {s}.outbox (conversation_id, kind, seq, recipients, payload)
-    SELECT %(c)s, 'message', msg.seq,
-           ARRAY(SELECT user_id FROM {s}.members WHERE conversation_id = %(c)s),
-           '{{}}'::jsonb
-    FROM msg
-    RETURNING outbox_id
+    RETURNING seq
 )
-SELECT msg.seq, msg.created_at FROM msg, queued
+UPDATE {s}.members m
+SET read_seq = GREATEST(m.read_seq, msg.seq),
+    delivered_seq = GREATEST(m.delivered_seq, msg.seq)
+FROM msg WHERE m.conversation_id = %(c)s AND m.user_id = %(u)s;
+SELECT m.seq, m.created_at,
+       ARRAY(SELECT user_id FROM {s}.members WHERE conversation_id = %(c)s),
+       EXISTS (SELECT 1 FROM {s}.outbox WHERE conversation_id = %(c)s)
+FROM {s}.messages m
+WHERE m.conversation_id = %(c)s AND m.sender_id = %(u)s
+  AND m.client_msg_id = %(cmid)s
+  AND EXISTS (SELECT 1 FROM {s}.members
+              WHERE conversation_id = %(c)s AND user_id = %(u)s)
+"""
+
+_QUEUE_MESSAGE = """
+INSERT INTO {s}.outbox (conversation_id, kind, seq, recipients, payload)
+VALUES (%s, 'message', %s, %s, '{{}}'::jsonb);
+COMMIT;
 """
 
 _EXISTING = """
@@ -72,25 +82,55 @@ class DuplicateClientMsgId(Exception):
     """The sender already stored a message with this client_msg_id here."""
 
 
-def insert(
+def begin_send(
     cur: ShardCursor,
     conversation_id: int,
     sender_id: int,
     client_msg_id: str,
     body: str,
-) -> tuple[int, datetime] | None:
-    """Store a message and its outbox row; None when the sender is not a member.
+) -> tuple[Message, list[int], bool] | None:
+    """Store a message in an open transaction (the connection is in autocommit
+    mode; the caller must end it with commit/rollback).
+
+    Returns:
+        (message, recipients, has_queued_fanout), or None when the sender is not
+        a member (the transaction is still open).
 
     Raises:
-        DuplicateClientMsgId: the (sender, client_msg_id) pair exists.
+        DuplicateClientMsgId: the (sender, client_msg_id) pair exists (the
+            transaction is aborted; roll it back).
     """
     try:
-        return cur.run(
-            _SEND,
+        row = cur.run(
+            _SEND_BEGIN,
             {"c": conversation_id, "u": sender_id, "cmid": client_msg_id, "body": body},
         ).fetchone()
     except psycopg2.errors.UniqueViolation:
         raise DuplicateClientMsgId from None
+    if row is None:
+        return None
+    seq, created_at, recipients, has_queued = row
+    message = Message(conversation_id, seq, sender_id, client_msg_id, body, created_at)
+    return message, list(recipients), bool(has_queued)
+
+
+def queue_and_commit(cur: ShardCursor, message: Message, recipients: list[int]) -> None:
+    """Queue the message's fan-out in the outbox and commit."""
+    cur.run(_QUEUE_MESSAGE, (message.conversation_id, message.seq, recipients))
+
+
+def commit(cur: ShardCursor) -> None:
+    cur.execute("COMMIT")
+
+
+def rollback(cur: ShardCursor) -> None:
+    """End an explicit transaction after a failure; harmless if none is open."""
+    if cur.connection.closed:
+        return
+    try:
+        cur.execute("ROLLBACK")
+    except psycopg2.Error:
+        cur.connection.close()  # state unknown: the pool discards it
 
 
 def existing(

@@ -39,17 +39,32 @@ class Server:
         return self.process.returncode
 
 
-def start_gunicorn(services: Services, root: Path, workers: int = 2,
-                   **extra_env: str) -> Server:
+def start_gunicorn(
+    services: Services, root: Path, workers: int = 2, **extra_env: str
+) -> Server:
     port = free_port()
     env = dict(os.environ)
-    env.update(services.env(MESSENGER_PORT=str(port), MESSENGER_WORKERS=str(workers),
-                            **extra_env))
+    env.update(
+        services.env(
+            MESSENGER_PORT=str(port), MESSENGER_WORKERS=str(workers), **extra_env
+        )
+    )
     log_path = root / f"gunicorn-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-             "wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -100,29 +115,47 @@ class Api:
         return HttpUser(r.json()["user"]["id"], r.json()["token"])
 
     def direct(self, a: HttpUser, b: HttpUser) -> int:
-        r = requests.post(self.url + "/v1/conversations", headers=a.headers,
-                          json={"kind": "direct", "user_id": b.id}, timeout=10)
+        r = requests.post(
+            self.url + "/v1/conversations",
+            headers=a.headers,
+            json={"kind": "direct", "user_id": b.id},
+            timeout=10,
+        )
         assert r.status_code in (200, 201), r.text
         return int(r.json()["conversation"]["id"])
 
-    def send(self, user: HttpUser, conversation_id: int, body: str,
-             client_msg_id: str | None = None) -> requests.Response:
+    def send(
+        self,
+        user: HttpUser,
+        conversation_id: int,
+        body: str,
+        client_msg_id: str | None = None,
+    ) -> requests.Response:
         return requests.post(
             f"{self.url}/v1/conversations/{conversation_id}/messages",
-            headers=user.headers, timeout=10,
-            json={"client_msg_id": client_msg_id or os.urandom(6).hex(),
-                  "body": body})
+            headers=user.headers,
+            timeout=10,
+            json={"client_msg_id": client_msg_id or os.urandom(6).hex(), "body": body},
+        )
 
     def head(self, user: HttpUser) -> str:
         r = requests.get(self.url + "/v1/events", headers=user.headers, timeout=10)
         assert r.status_code == 200, r.text
         return str(r.json()["cursor"])
 
-    def poll(self, user: HttpUser, cursor: str, timeout: float = 0,
-             session: requests.Session | None = None) -> requests.Response:
+    def poll(
+        self,
+        user: HttpUser,
+        cursor: str,
+        timeout: float = 0,
+        session: requests.Session | None = None,
+    ) -> requests.Response:
         getter = session.get if session else requests.get
-        return getter(f"{self.url}/v1/events?after={cursor}&timeout={timeout}",
-                      headers=user.headers, timeout=timeout + 10)
+        return getter(
+            f"{self.url}/v1/events?after={cursor}&timeout={timeout}",
+            headers=user.headers,
+            timeout=timeout + 10,
+        )
 
 
 @pytest.fixture

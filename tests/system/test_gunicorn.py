@@ -12,7 +12,6 @@ from typing import Any
 
 import gevent
 import redis as redis_lib
-import requests
 
 from tests.system.conftest import ROOT, Api, Server, start_gunicorn
 
@@ -21,8 +20,7 @@ def _held_workers(redis: redis_lib.Redis, user_id: int) -> set[bytes]:
     return set(redis.zrangebyscore(f"conn:{user_id}", time.time(), "+inf"))
 
 
-def test_poll_on_one_worker_is_woken_by_send_on_another(api: Api,
-                                                        redis: Any) -> None:
+def test_poll_on_one_worker_is_woken_by_send_on_another(api: Api, redis: Any) -> None:
     alice, bob = api.user(), api.user()
     cid = api.direct(alice, bob)
     cursor = api.head(bob)
@@ -42,13 +40,17 @@ def test_poll_on_one_worker_is_woken_by_send_on_another(api: Api,
     assert elapsed < 1.0, elapsed
     for answer in answers:
         assert answer.status_code == 200
-        bodies = [e["message"]["body"] for e in answer.json()["events"]
-                  if e["type"] == "message"]
+        bodies = [
+            e["message"]["body"]
+            for e in answer.json()["events"]
+            if e["type"] == "message"
+        ]
         assert bodies == ["across workers"]
 
 
 def test_sweeper_delivers_message_whose_sender_was_killed(
-        api: Api, server: Server, services: Any) -> None:
+    api: Api, server: Server, services: Any
+) -> None:
     """SIGKILL after the commit, before the fan-out: delivered exactly once."""
     alice, bob = api.user(), api.user()
     cid = api.direct(alice, bob)
@@ -61,13 +63,20 @@ def test_sweeper_delivers_message_whose_sender_was_killed(
         rt = runtime.build(load())
         with rt.router.on_conversation({cid}, "send_message",
                                        transaction=False) as cur:
-            assert messages.insert(cur, {cid}, {alice.id}, "crash-1", "survivor")
+            message, recipients, _ = messages.begin_send(
+                cur, {cid}, {alice.id}, "crash-1", "survivor")
+            messages.queue_and_commit(cur, message, recipients)
         os.kill(os.getpid(), signal.SIGKILL)  # before any fan-out
     """)
     env = dict(os.environ)
     env.update(services.env())
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                          timeout=60, capture_output=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        capture_output=True,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()
     seen = []
     deadline = time.monotonic() + 20
@@ -83,8 +92,9 @@ def test_sweeper_delivers_message_whose_sender_was_killed(
     assert api.poll(bob, cursor, timeout=0.5).json()["events"] == []
 
 
-def test_redis_outage_degrades_and_recovers(api: Api, server: Server,
-                                            services: Any) -> None:
+def test_redis_outage_degrades_and_recovers(
+    api: Api, server: Server, services: Any
+) -> None:
     alice, bob = api.user(), api.user()
     cid = api.direct(alice, bob)
     cursor = api.head(bob)
@@ -98,7 +108,8 @@ def test_redis_outage_degrades_and_recovers(api: Api, server: Server,
         answer = waiting.get(timeout=10)
         statuses.append(answer.status_code)
         assert [e["message"]["body"] for e in answer.json()["events"]] == [
-            "while redis is down"]
+            "while redis is down"
+        ]
         cursor = answer.json()["cursor"]
         assert statuses == [201, 200]
     finally:
@@ -118,8 +129,9 @@ def test_redis_outage_degrades_and_recovers(api: Api, server: Server,
     assert "Traceback" not in server.log()
 
 
-def test_sigterm_answers_held_polls(services: Any, settings: Any,
-                                    tmp_path: Path) -> None:
+def test_sigterm_answers_held_polls(
+    services: Any, settings: Any, tmp_path: Path
+) -> None:
     srv = start_gunicorn(services, tmp_path, workers=1)
     try:
         api = Api(srv.url)
@@ -139,8 +151,9 @@ def test_sigterm_answers_held_polls(services: Any, settings: Any,
         srv.stop(signal.SIGKILL)
 
 
-def test_one_gevent_worker_holds_many_polls_at_once(services: Any, settings: Any,
-                                                   tmp_path: Path) -> None:
+def test_one_gevent_worker_holds_many_polls_at_once(
+    services: Any, settings: Any, tmp_path: Path
+) -> None:
     """A sync worker would answer 30 one-second polls one after another."""
     srv = start_gunicorn(services, tmp_path, workers=1)
     try:
