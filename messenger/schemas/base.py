@@ -30,8 +30,10 @@ ID_RANGE = validate.Range(min=1, max=2**63 - 1)
 
 def format_time(value: datetime) -> str:
     """ISO-8601 UTC with milliseconds: 2026-11-26T21:47:42.123Z."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    # isoformat is several times faster than strftime (this runs per message).
+    return value.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 class UtcTime(fields.Field):

@@ -68,7 +68,9 @@ class Pool:
             conn = psycopg2.connect(
                 self.dsn,
                 connect_timeout=self.connect_timeout_secs,
-                options=f"-c statement_timeout={self.statement_timeout_ms}",
+                # UTC sessions: timestamps arrive ready to print, no conversion.
+                options=f"-c statement_timeout={self.statement_timeout_ms} "
+                "-c TimeZone=UTC",
                 application_name="messenger",
                 keepalives=1,
                 keepalives_idle=30,
