@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -14,7 +15,11 @@ EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 500
 
 
+@functools.cache
 def events_query(timeout_max_secs: int, timeout_default_secs: int) -> QuerySchema:
+    """The query schema for the configured timeouts (built once: every poll uses it,
+    and building a marshmallow class costs more than the poll's own work)."""
+
     class EventsQuery(QuerySchema):
         after = fields.String(
             validate=validate.Regexp(

@@ -22,33 +22,12 @@ _LOCK_STATES = """
 SELECT 1 FROM {s}.user_state WHERE user_id = ANY(%(u)s) ORDER BY user_id FOR UPDATE;
 """
 
-# The mailbox primary key makes a replayed fan-out insert nothing twice; only
-# users who got a new copy get a new event (from their counter) and a list bump.
-# A recipient whose list row is gone (a member_removed or conversation_deleted
-# event already left it) gets nothing: a send racing the removal can name it
-# among the recipients (its snapshot predates the removal) yet be ordered after.
+# A message's fan-out on one shard: sql/shard/0004_fanout_function.sql (a
+# function, so its plans are cached per connection). It locks the recipients'
+# counters in user-id order itself.
 _FANOUT_MESSAGE = """
-WITH mb AS (
-    INSERT INTO {s}.mailbox
-        (user_id, conversation_id, seq, sender_id, client_msg_id, body, created_at)
-    SELECT u, %(c)s, %(seq)s, %(sender)s, %(cmid)s, %(body)s, %(at)s
-    FROM unnest(%(u)s::bigint[]) AS u
-    WHERE EXISTS (SELECT 1 FROM {s}.user_conversations uc
-                  WHERE uc.user_id = u AND uc.conversation_id = %(c)s)
-    ON CONFLICT DO NOTHING
-    RETURNING user_id
-), st AS (
-    UPDATE {s}.user_state s SET last_event_id = s.last_event_id + 1
-    FROM mb WHERE s.user_id = mb.user_id
-    RETURNING s.user_id, s.last_event_id
-), ev AS (
-    INSERT INTO {s}.events (user_id, event_id, type, conversation_id, seq, origin)
-    SELECT user_id, last_event_id, 'message', %(c)s, %(seq)s, %(origin)s FROM st
-)
-UPDATE {s}.user_conversations uc
-SET last_seq = GREATEST(uc.last_seq, %(seq)s),
-    last_activity_at = GREATEST(uc.last_activity_at, %(at)s)
-FROM mb WHERE uc.user_id = mb.user_id AND uc.conversation_id = %(c)s;
+SELECT {s}.fanout_message(%(u)s::bigint[], %(c)s, %(seq)s, %(sender)s, %(cmid)s,
+                          %(body)s, %(at)s, %(origin)s);
 """
 
 _JOIN = """
