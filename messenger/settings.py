@@ -193,11 +193,15 @@ class RateLimit:
 
 
 # Defaults of MESSENGER_RATE_LIMITS (the README lists them). Subjects: the user
-# for send/typing/conversation; the client IP for register/login; the handle
+# for send/typing/conversation, the user and conversation for
+# typing_conversation; the client IP for register/login; the handle
 # tried for login_handle (slows guessing one account's password from many IPs).
 DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {
     "send": RateLimit(30, 10),
     "typing": RateLimit(20, 10),
+    # Typing indicators last seconds; more than one a second per conversation is
+    # a client bug, not a person typing.
+    "typing_conversation": RateLimit(1, 1),
     "conversation": RateLimit(30, 60),
     "register": RateLimit(20, 3600),
     "login": RateLimit(20, 60),

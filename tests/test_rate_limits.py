@@ -85,6 +85,20 @@ def test_typing_and_conversation_creation_are_limited(
     assert_limited(client.post("/v1/conversations", headers=bob.headers, json=group))
 
 
+def test_typing_is_limited_per_conversation(
+    client: Any, make_user: Any, chat: Any, limits: Any
+) -> None:
+    alice, bob, carol = make_user(), make_user(), make_user()
+    with_bob, with_carol = chat.direct(alice, bob), chat.direct(alice, carol)
+    limits("typing_conversation=1/60s")
+    url = "/v1/conversations/{}/typing"
+    assert client.post(url.format(with_bob), headers=alice.headers).status_code == 204
+    assert_limited(client.post(url.format(with_bob), headers=alice.headers))
+    # Another conversation, or another member of this one, has its own budget.
+    assert client.post(url.format(with_carol), headers=alice.headers).status_code == 204
+    assert client.post(url.format(with_bob), headers=bob.headers).status_code == 204
+
+
 def test_logins_are_limited_per_address(
     client: Any, make_user: Any, limits: Any
 ) -> None:

@@ -20,9 +20,11 @@ BODY_READ_TIMEOUT_SECS = 15
 SOCKET_TIMEOUT_MARGIN_SECS = 20
 
 
-def per_user(name: str) -> None:
-    """Count this request against limit `name` for the authenticated user."""
-    ratelimit.check(name, f"user:{g.user_id}")
+def per_user(name: str, scope: int | None = None) -> None:
+    """Count this request against limit `name` for the authenticated user (and,
+    with `scope`, one conversation of that user)."""
+    subject = f"user:{g.user_id}" if scope is None else f"user:{g.user_id}:{scope}"
+    ratelimit.check(name, subject)
 
 
 def per_address(name: str) -> None:

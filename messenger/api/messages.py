@@ -60,5 +60,6 @@ def post_receipt(conversation_id: int) -> Any:
 @authenticated
 def typing(conversation_id: int) -> Any:
     limits.per_user("typing")
-    typing_indicator.announce(g.user_id, path_id(conversation_id))
+    limits.per_user("typing_conversation", scope=path_id(conversation_id))
+    typing_indicator.announce(g.user_id, conversation_id)
     return "", 204
