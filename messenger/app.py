@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, request
+from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from messenger import logs, metrics, runtime
@@ -50,6 +51,8 @@ def create_app(
     app.config["SECRET_KEY"] = settings.secret_key
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
+    # Bearer tokens, never cookies: skip Flask's signed-cookie session per request.
+    app.session_interface = _NoSessions()
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app,
@@ -65,6 +68,14 @@ def create_app(
     cors.install(app)
     app.extensions["messenger"] = rt
     return app
+
+
+class _NoSessions(SessionInterface):
+    def open_session(self, app: Flask, request: Any) -> None:
+        return None  # Flask then hands out its (cheap) null session
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        return None
 
 
 def _before() -> None:
