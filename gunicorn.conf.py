@@ -112,7 +112,11 @@ def post_worker_init(worker):  # type: ignore[no-untyped-def]
         gevent.spawn(_drain)
         gevent.spawn_later(0.2, close_idle)
 
-    signal.signal(signal.SIGTERM, handle_term)
+    # SIGTERM (graceful stop), and SIGINT/SIGQUIT too (Ctrl-C in a terminal reaches
+    # the workers directly, and the master forwards SIGQUIT): gunicorn's own quick
+    # exit would drop held polls and print a SystemExit traceback per worker.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, handle_term)
 
     handle = worker.handle
     handle_request = worker.handle_request

@@ -89,7 +89,7 @@ def cmd_push_worker(settings: Settings) -> int:
 
 def _start_push_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "messenger", "push-worker"]
-    return subprocess.Popen(argv, cwd=ROOT, env=env)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=_child_hook())
 
 
 def _stop_push_worker(proc: subprocess.Popen[bytes] | None) -> None:
@@ -117,6 +117,14 @@ def _embedded(settings: Settings):  # type: ignore[no-untyped-def]
     return pg, rds
 
 
+def _child_hook():  # type: ignore[no-untyped-def]
+    if not sys.platform.startswith("linux"):
+        return None
+    from messenger.embedded import die_with_parent_hook
+
+    return die_with_parent_hook()
+
+
 def _stop_with_parent() -> None:
     """Get SIGTERM when the parent (make) dies, so `kill <make>` stops us too."""
     if not sys.platform.startswith("linux"):
@@ -140,6 +148,9 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
+    # Also when started in the background by a shell, which ignores SIGINT for it:
+    # SIGINT to the process group means stop, for us as for gunicorn.
+    signal.signal(signal.SIGINT, _stop)
     _stop_with_parent()
     gunicorn = None
     pusher = None
@@ -172,7 +183,9 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
         _say(f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)")
         if push_worker:
             pusher = _start_push_worker(env)
-        gunicorn = subprocess.Popen(argv, cwd=ROOT, env=env)
+        # If this process is killed outright (kill -9), the children get SIGTERM
+        # and stop gracefully instead of holding the port for the next start.
+        gunicorn = subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=_child_hook())
         while gunicorn.poll() is None:
             time.sleep(0.5)
             if pusher is not None and pusher.poll() is not None and not stopping:

@@ -890,7 +890,7 @@ class EmbeddedPostgres:
 # ------------------------------------------------------------------------------ Redis
 
 
-def _die_with_parent_hook() -> Callable[[], None]:
+def die_with_parent_hook() -> Callable[[], None]:
     """A preexec_fn asking Linux to SIGTERM the child when its parent thread exits.
 
     The signal follows the *thread* that forked, so start Redis from a thread that
@@ -1004,7 +1004,7 @@ class EmbeddedRedis:
                 args += ["--appendonly", "no", "--save", ""]
             hook = None
             if self.kill_with_parent and sys.platform.startswith("linux"):
-                hook = _die_with_parent_hook()
+                hook = die_with_parent_hook()
             _say(self._log, f"Redis: starting on {HOST}:{self.port} in {self.data_dir}")
             with self.log_path.open("ab") as log_file:
                 self._process = subprocess.Popen(
