@@ -25,6 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check messenger tests wsgi.py gunicorn.conf.py
 	$(BIN)/ruff format --check messenger tests wsgi.py gunicorn.conf.py
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m messenger.bench --json bench-results/bench.json --html bench-results/bench.html

@@ -106,14 +106,14 @@ class Dispatcher:
                     raise
                 self._has_blmpop = False
             else:
-                return list(found[1]) if found else []
+                return list(found[1]) if found else []  # type: ignore[arg-type]
         item = client.blpop([key], timeout=BLOCK_SECS)
         if item is None:
             return []
-        batch = [item[1]]
+        batch: list[bytes] = [item[1]]  # type: ignore[list-item]
         more = client.lpop(key, BATCH)
         if more:
-            batch.extend(more)
+            batch.extend(more)  # type: ignore[arg-type]
         return batch
 
     def _deliver(self, batch: list[bytes]) -> None:

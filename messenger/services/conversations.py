@@ -115,6 +115,7 @@ def get_or_create_direct(user_id: int, peer_id: int) -> tuple[Conversation, bool
                 row = cur.run(_FIND_PAIR, (lo, hi)).fetchone()
             else:
                 row, created = claimed, True
+    assert row is not None  # claimed, or found after losing the race to claim
     conversation_id = int(row[0])
     conv = _create(conversation_id, "direct", None, None, [lo, hi])
     return get(user_id, conv.conversation_id), created

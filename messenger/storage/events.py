@@ -264,7 +264,7 @@ def insert_outbox(
     payload: dict[str, Any],
 ) -> int:
     """Queue a non-message event in the same transaction as the change it reports."""
-    row = cur.run(
+    row = cur.one(
         _INSERT_OUTBOX,
         (
             conversation_id,
@@ -272,7 +272,7 @@ def insert_outbox(
             list(recipients),
             json.dumps(payload, separators=(",", ":"), default=str),
         ),
-    ).fetchone()
+    )
     return int(row[0])
 
 
@@ -349,4 +349,4 @@ _TRY_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
 
 def try_lock(cur: ShardCursor, key: int) -> bool:
     """A transaction-scoped advisory lock, or False if another holds it."""
-    return bool(cur.run(_TRY_LOCK, (key,)).fetchone()[0])
+    return bool(cur.one(_TRY_LOCK, (key,))[0])

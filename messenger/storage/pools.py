@@ -35,6 +35,13 @@ class ShardCursor(psycopg2.extensions.cursor):
 
     schema: str = "public"
 
+    def one(self, sql: str, params: Any = None) -> tuple[Any, ...]:
+        """run() for a statement that always returns a row; the row."""
+        row = self.run(sql, params).fetchone()
+        if row is None:
+            raise RuntimeError("statement returned no row")
+        return row  # type: ignore[no-any-return]
+
     def run(self, sql: str, params: Any = None) -> ShardCursor:
         """Execute `sql` with `{s}` replaced by this cursor's schema."""
         self.execute(sql.format(s=self.schema), params)

@@ -37,7 +37,7 @@ UserRow = tuple[int, str, str, datetime]
 
 def next_id(cur: ShardCursor) -> int:
     """A new global id (users and conversations share the sequence)."""
-    return int(cur.run(_NEXT_ID).fetchone()[0])
+    return int(cur.one(_NEXT_ID)[0])
 
 
 def insert_user(
