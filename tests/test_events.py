@@ -208,3 +208,34 @@ def test_polling_with_every_cursor_sees_each_event_once(
             break
     job.get()
     assert seen == expected == list(range(1, len(expected) + 1))
+
+
+def test_ephemeral_events_are_gathered_but_never_delay_a_message(
+    client: Any, make_user: Any, chat: Any
+) -> None:
+    from messenger.services import events as poll_service
+
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    waiting = gevent.spawn(chat.poll, bob, cursor, 20)
+    wait_until_held(bob.id)
+    started = time.monotonic()
+    typing = client.post(f"/v1/conversations/{cid}/typing", headers=alice.headers)
+    assert typing.status_code == 204
+    chat.send(alice, cid, "right after typing")
+    page = waiting.get(timeout=5)
+    # The message cut the gathering short: no waiting out the linger.
+    assert time.monotonic() - started < poll_service.EPHEMERAL_LINGER_SECS
+    kinds = [e["type"] for e in page["events"]]
+    assert "message" in kinds and "typing" in kinds
+    # Typing alone is answered once the linger is over, with the cursor unchanged.
+    cursor = page["cursor"]
+    waiting = gevent.spawn(chat.poll, bob, cursor, 20)
+    wait_until_held(bob.id)
+    started = time.monotonic()
+    client.post(f"/v1/conversations/{cid}/typing", headers=alice.headers)
+    page = waiting.get(timeout=5)
+    assert time.monotonic() - started >= poll_service.EPHEMERAL_LINGER_SECS * 0.9
+    assert [e["type"] for e in page["events"]] == ["typing"]
+    assert page["cursor"] == cursor

@@ -33,6 +33,7 @@ class Waiter:
         "ephemeral",
         "released",
         "joined_at",
+        "stored_wake",
         "__weakref__",
     )
 
@@ -42,14 +43,17 @@ class Waiter:
         self.ephemeral: list[dict[str, Any]] | None = None
         self.released: str | None = None
         self.joined_at = joined_at
+        # True once woken for stored events (not only ephemeral ones).
+        self.stored_wake = False
 
     def wait(self, timeout_secs: float) -> bool:
         """Block this greenlet until woken or the timeout; True when woken."""
         return self.event.wait(max(0.0, timeout_secs))
 
     def rearm(self) -> None:
-        """Clear the wake flag before re-reading, so a wake during the read counts."""
+        """Clear the wake flags before re-reading, so a wake during the read counts."""
         self.event.clear()
+        self.stored_wake = False
 
     def take_ephemeral(self) -> list[dict[str, Any]]:
         items, self.ephemeral = self.ephemeral or [], None
@@ -132,6 +136,8 @@ class Hub:
                 if waiter.ephemeral is None:
                     waiter.ephemeral = []
                 waiter.ephemeral.append(ephemeral)
+            else:
+                waiter.stored_wake = True
             waiter.event.set()
         return len(polls)
 
@@ -139,6 +145,7 @@ class Hub:
         """Wake every poll (after a Redis outage: wake-ups may have been missed)."""
         for polls in list(self._waiters.values()):
             for waiter in polls:
+                waiter.stored_wake = True
                 waiter.event.set()
 
     def drain(self) -> None:

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import gevent
-
 from messenger import runtime
 from messenger.errors import CursorExpired, Unavailable
 from messenger.models import Event
@@ -25,7 +23,7 @@ logger = logging.getLogger(__name__)
 # While Redis is unreachable, wake-ups cannot arrive: re-read this often instead.
 DEGRADED_RECHECK_SECS = 1.0
 # How long a poll woken by ephemeral events only waits for more of them.
-EPHEMERAL_LINGER_SECS = 0.05
+EPHEMERAL_LINGER_SECS = 0.25
 
 # Called when a poll starts waiting / ends (presence, metrics). Each takes the
 # user id; they must not block and must not raise.
@@ -101,9 +99,10 @@ def poll(
             remaining = deadline - hub.clock()
             if ephemeral and not page.events and not lingered and remaining > 0:
                 # Presence and typing come in bursts (a group coming online):
-                # gather a moment's worth into one answer instead of one each.
+                # gather a moment's worth into one answer instead of one each,
+                # but answer at once if a stored event arrives meanwhile.
                 lingered = True
-                gevent.sleep(min(EPHEMERAL_LINGER_SECS, remaining))
+                _linger(waiter, min(EPHEMERAL_LINGER_SECS, remaining), hub.clock)
                 continue
             if page.events or ephemeral or waiter.released or remaining <= 0:
                 events = page.events[:limit]
@@ -123,6 +122,17 @@ def poll(
             stop_watching()
         hub.leave(waiter)
         _notify(ON_POLL_END, user_id)
+
+
+def _linger(waiter: Waiter, secs: float, clock: Callable[[], float]) -> None:
+    """Wait up to secs for more ephemeral events; stop early for stored ones."""
+    end = clock() + secs
+    while not waiter.stored_wake and not waiter.released:
+        left = end - clock()
+        if left <= 0:
+            return
+        waiter.event.clear()
+        waiter.wait(left)
 
 
 def _notify(hooks: list[Callable[[int], None]], user_id: int) -> None:
