@@ -220,9 +220,9 @@ def test_ephemeral_events_are_gathered_but_never_delay_a_message(
     cursor = chat.drain(bob, chat.head(bob))[1]
     waiting = gevent.spawn(chat.poll, bob, cursor, 20)
     wait_until_held(bob.id)
-    started = time.monotonic()
     typing = client.post(f"/v1/conversations/{cid}/typing", headers=alice.headers)
     assert typing.status_code == 204
+    started = time.monotonic()
     chat.send(alice, cid, "right after typing")
     page = waiting.get(timeout=5)
     # The message cut the gathering short: no waiting out the linger.
