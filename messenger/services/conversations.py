@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 
 from messenger import runtime
 from messenger.errors import NotFound, ValidationFailed
 from messenger.models import Conversation, Member, Message
 from messenger.schemas.base import GROUP_MAX_MEMBERS
 from messenger.schemas.conversations import conversation_json
-from messenger.services import accounts, fanout
+from messenger.services import accounts, cursors, fanout
 from messenger.storage import conversations as store
 from messenger.storage import events as event_store
 from messenger.storage import users as user_store
@@ -181,22 +181,11 @@ def require_member(user_id: int, conversation_id: int) -> None:
 
 
 def encode_list_cursor(at: datetime, conversation_id: int) -> str:
-    micros = int(at.timestamp()) * 1_000_000 + at.microsecond
-    return f"{micros}.{conversation_id}"
+    return cursors.encode(at, conversation_id)
 
 
 def decode_list_cursor(cursor: str) -> tuple[datetime, int]:
-    try:
-        micros_s, _, conv_s = cursor.partition(".")
-        micros, conversation_id = int(micros_s), int(conv_s)
-        at = datetime.fromtimestamp(micros // 1_000_000, UTC).replace(
-            microsecond=micros % 1_000_000
-        )
-    except (ValueError, OverflowError, OSError):
-        raise ValidationFailed(
-            "The request is not valid.",
-            fields={"before": ["A cursor returned as next by an earlier page."]},
-        ) from None
+    at, (conversation_id,) = cursors.decode(cursor, 1)
     return at, conversation_id
 
 

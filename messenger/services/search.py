@@ -9,32 +9,18 @@ and -excluded words.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from messenger import runtime
-from messenger.errors import ValidationFailed
 from messenger.models import Message
+from messenger.services import cursors
 from messenger.storage import search as store
 
 
 def encode_cursor(message: Message) -> str:
-    at = message.created_at
-    micros = int(at.timestamp()) * 1_000_000 + at.microsecond
-    return f"{micros}.{message.conversation_id}.{message.seq}"
+    return cursors.encode(message.created_at, message.conversation_id, message.seq)
 
 
 def decode_cursor(cursor: str) -> store.Position:
-    try:
-        micros_s, conv_s, seq_s = cursor.split(".")
-        micros, conversation_id, seq = int(micros_s), int(conv_s), int(seq_s)
-        at = datetime.fromtimestamp(micros // 1_000_000, UTC).replace(
-            microsecond=micros % 1_000_000
-        )
-    except (ValueError, OverflowError, OSError):
-        raise ValidationFailed(
-            "The request is not valid.",
-            fields={"before": ["A cursor returned as next by an earlier page."]},
-        ) from None
+    at, (conversation_id, seq) = cursors.decode(cursor, 2)
     return at, conversation_id, seq
 
 
