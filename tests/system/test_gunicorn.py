@@ -7,10 +7,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import gevent
+import pytest
 import redis as redis_lib
 
 from tests.system.conftest import ROOT, Api, Server, start_gunicorn
@@ -20,32 +22,50 @@ def _held_workers(redis: redis_lib.Redis, user_id: int) -> set[bytes]:
     return set(redis.zrangebyscore(f"conn:{user_id}", time.time(), "+inf"))
 
 
-def test_poll_on_one_worker_is_woken_by_send_on_another(api: Api, redis: Any) -> None:
-    alice, bob = api.user(), api.user()
-    cid = api.direct(alice, bob)
-    cursor = api.head(bob)
-    cursor = api.poll(bob, cursor).json()["cursor"]
-    # Open polls on fresh connections until both workers hold some of bob's.
-    polls = []
-    deadline = time.monotonic() + 15
-    while len(_held_workers(redis, bob.id)) < 2:
-        assert time.monotonic() < deadline, "polls never spread over 2 workers"
-        assert len(polls) < 8, "kernel kept every connection on one worker"
-        polls.append(gevent.spawn(api.poll, bob, cursor, 30))
-        gevent.sleep(0.3)
-    started = time.monotonic()
-    assert api.send(alice, cid, "across workers").status_code == 201
-    answers = [p.get(timeout=5) for p in polls]
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.0, elapsed
-    for answer in answers:
-        assert answer.status_code == 200
-        bodies = [
-            e["message"]["body"]
-            for e in answer.json()["events"]
-            if e["type"] == "message"
-        ]
-        assert bodies == ["across workers"]
+def test_poll_on_one_worker_is_woken_by_send_on_another(
+    api: Api, server: Server, services: Any, redis: Any, tmp_path: Path
+) -> None:
+    """Two gunicorn servers of 2 workers on the same databases and Redis: the poll
+    is held by a worker of one, the send handled by a worker of the other, so the
+    wake-up must cross processes through Redis (the kernel alone decides which
+    worker of one server accepts a connection, and often picks the same one)."""
+    other = start_gunicorn(services, tmp_path)
+    try:
+        sender_api = Api(other.url)
+        alice, bob = api.user(), api.user()
+        cid = api.direct(alice, bob)
+        cursor = api.poll(bob, api.head(bob)).json()["cursor"]
+        polls = [gevent.spawn(api.poll, bob, cursor, 30) for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while not _held_workers(redis, bob.id):
+            assert time.monotonic() < deadline, "the polls were never held"
+            gevent.sleep(0.02)
+        gevent.sleep(0.2)
+        holders = _held_workers(redis, bob.id)
+        started = time.monotonic()
+        assert sender_api.send(alice, cid, "across workers").status_code == 201
+        answers = [p.get(timeout=5) for p in polls]
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0, elapsed
+        # The workers holding the polls belong to the first server only.
+        server_pids = {str(pid).encode() for pid in _worker_pids(server)}
+        assert {h.split(b":")[1] for h in holders} <= server_pids
+        for answer in answers:
+            assert answer.status_code == 200
+            bodies = [
+                e["message"]["body"]
+                for e in answer.json()["events"]
+                if e["type"] == "message"
+            ]
+            assert bodies == ["across workers"]
+    finally:
+        other.stop()
+
+
+def _worker_pids(server: Server) -> list[int]:
+    master = server.process.pid
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return [int(pid) for pid in children]
 
 
 def test_sweeper_delivers_message_whose_sender_was_killed(
@@ -129,41 +149,38 @@ def test_redis_outage_degrades_and_recovers(
     assert "Traceback" not in server.log()
 
 
-def test_sigterm_answers_held_polls(
-    services: Any, settings: Any, tmp_path: Path
-) -> None:
+@pytest.fixture
+def one_worker(services: Any, settings: Any, tmp_path: Path) -> Iterator[Server]:
     srv = start_gunicorn(services, tmp_path, workers=1)
     try:
-        api = Api(srv.url)
-        user = api.user()
-        cursor = api.head(user)
-        polls = [gevent.spawn(api.poll, user, cursor, 50) for _ in range(3)]
-        gevent.sleep(1.0)
-        started = time.monotonic()
-        srv.process.send_signal(signal.SIGTERM)
-        answers = [p.get(timeout=15) for p in polls]
-        assert time.monotonic() - started < 5
-        for answer in answers:
-            assert answer.status_code == 200
-            assert answer.json() == {"events": [], "cursor": cursor, "more": False}
-        assert srv.process.wait(timeout=30) == 0
+        yield srv
     finally:
         srv.stop(signal.SIGKILL)
 
 
-def test_one_gevent_worker_holds_many_polls_at_once(
-    services: Any, settings: Any, tmp_path: Path
-) -> None:
+def test_sigterm_answers_held_polls(one_worker: Server) -> None:
+    api = Api(one_worker.url)
+    user = api.user()
+    cursor = api.head(user)
+    polls = [gevent.spawn(api.poll, user, cursor, 50) for _ in range(3)]
+    gevent.sleep(1.0)
+    started = time.monotonic()
+    one_worker.process.send_signal(signal.SIGTERM)
+    answers = [p.get(timeout=15) for p in polls]
+    assert time.monotonic() - started < 5
+    for answer in answers:
+        assert answer.status_code == 200
+        assert answer.json() == {"events": [], "cursor": cursor, "more": False}
+    assert one_worker.process.wait(timeout=30) == 0
+
+
+def test_one_gevent_worker_holds_many_polls_at_once(one_worker: Server) -> None:
     """A sync worker would answer 30 one-second polls one after another."""
-    srv = start_gunicorn(services, tmp_path, workers=1)
-    try:
-        api = Api(srv.url)
-        user = api.user()
-        cursor = api.head(user)
-        started = time.monotonic()
-        polls = [gevent.spawn(api.poll, user, cursor, 1) for _ in range(30)]
-        answers = [p.get(timeout=20) for p in polls]
-        assert all(a.status_code == 200 for a in answers)
-        assert time.monotonic() - started < 5
-    finally:
-        srv.stop()
+    api = Api(one_worker.url)
+    user = api.user()
+    cursor = api.head(user)
+    started = time.monotonic()
+    polls = [gevent.spawn(api.poll, user, cursor, 1) for _ in range(30)]
+    answers = [p.get(timeout=20) for p in polls]
+    assert all(a.status_code == 200 for a in answers)
+    assert time.monotonic() - started < 5
