@@ -266,6 +266,26 @@ def test_register_and_chat_both_ways_in_real_time(
     assert bodies == ["Hi Bob! Lunch?", "Sure, at noon.", "See you there"]
 
 
+def test_enter_on_the_form_registers_when_a_display_name_is_given(
+    open_page: Any,
+) -> None:
+    """Enter submits the form: with a display name filled in (only used for new
+    accounts) it creates the account; a wrong login suggests "Create account"."""
+    from playwright.sync_api import expect
+
+    page = open_page()
+    expect(tid(page, "auth-view")).to_be_visible()
+    handle = unique_handle("enter")
+    tid(page, "login-handle").fill(handle)
+    tid(page, "login-password").fill(PASSWORD)
+    tid(page, "login-password").press("Enter")  # no display name: a login
+    expect(tid(page, "auth-error")).to_contain_text("Create account")
+    tid(page, "register-display-name").fill("Enter Key")
+    tid(page, "register-display-name").press("Enter")
+    wait_live(page)
+    expect(tid(page, "me-name")).to_contain_text("Enter Key")
+
+
 def test_reload_keeps_the_conversation(open_page: Any, account: Any) -> None:
     from playwright.sync_api import expect
 

@@ -1617,7 +1617,11 @@ async function authSubmit(mode) {
     $("login-password").value = "";
     startSession({ token: res.token, user: res.user, key: randomId(12) });
   } catch (err) {
-    showError(errorEl, err);
+    if (mode === "login" && err instanceof api.ApiError && err.status === 401) {
+      showError(errorEl, "Wrong handle or password. New here? Choose “Create account”.");
+    } else {
+      showError(errorEl, err);
+    }
   } finally {
     buttons.forEach((b) => (b.disabled = false));
   }
@@ -1775,7 +1779,12 @@ function disarmDelete() {
 function bindUi() {
   $("auth-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    authSubmit("login");
+    // Enter submits the form: someone who filled in a display name (only used for
+    // new accounts) or pressed Enter in that field means "create my account".
+    const displayName = $("register-display-name");
+    const wantsAccount =
+      displayName.value.trim() !== "" || document.activeElement === displayName;
+    authSubmit(wantsAccount ? "register" : "login");
   });
   $("register-button").addEventListener("click", () => authSubmit("register"));
   $("logout-button").addEventListener("click", logoutClicked);
