@@ -92,12 +92,26 @@ def _start_push_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=_child_hook())
 
 
-def _stop_push_worker(proc: subprocess.Popen[bytes] | None) -> None:
+def gunicorn_argv() -> list[str]:
+    """The production server command (run with cwd=ROOT and MESSENGER_* set);
+    `messenger run`, the system tests and the benchmark all start this."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "wsgi:app",
+    ]
+
+
+def _stop_child(proc: subprocess.Popen[bytes] | None, timeout_secs: float) -> None:
+    """SIGTERM a child, SIGKILL it if it has not exited within the timeout."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout_secs)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -172,20 +186,14 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
         if workers:
             env["MESSENGER_WORKERS"] = str(workers)
         env.setdefault("MESSENGER_LOG_JSON", "0")
-        argv = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "wsgi:app",
-        ]
         _say(f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)")
         if push_worker:
             pusher = _start_push_worker(env)
         # If this process is killed outright (kill -9), the children get SIGTERM
         # and stop gracefully instead of holding the port for the next start.
-        gunicorn = subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=_child_hook())
+        gunicorn = subprocess.Popen(
+            gunicorn_argv(), cwd=ROOT, env=env, preexec_fn=_child_hook()
+        )
         while gunicorn.poll() is None:
             time.sleep(0.5)
             if pusher is not None and pusher.poll() is not None and not stopping:
@@ -200,13 +208,8 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if gunicorn is not None and gunicorn.poll() is None:
             _say("stopping the server (answering held polls)")
-            gunicorn.send_signal(signal.SIGTERM)
-            try:
-                gunicorn.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                gunicorn.kill()
-                gunicorn.wait()
-        _stop_push_worker(pusher)
+            _stop_child(gunicorn, 40)
+        _stop_child(pusher, 30)
         for service in reversed(started):
             service.stop()
         if started:

@@ -23,6 +23,7 @@ import gevent
 
 from messenger.bench import procs
 from messenger.bench.client import Api, ApiFailure, TransportError
+from messenger.cli import gunicorn_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # PostgreSQL refuses a data folder under /root or below a 0700 parent, so the stack
@@ -174,14 +175,7 @@ class Stack:
             # Its own session: signals typed at the terminal reach only the bench,
             # which stops gunicorn itself, and killpg can reap every worker.
             self._server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "gunicorn.conf.py",
-                    "wsgi:app",
-                ],
+                gunicorn_argv(),
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log,

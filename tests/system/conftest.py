@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from messenger.cli import gunicorn_argv
 from messenger.embedded import free_port
 from tests.conftest import Services, unique_handle
 
@@ -52,14 +52,7 @@ def start_gunicorn(
     log_path = root / f"gunicorn-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "wsgi:app",
-            ],
+            gunicorn_argv(),
             cwd=ROOT,
             env=env,
             stdout=log,
