@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-quick fuzz clean
+.PHONY: run test test-fast lint bench bench-quick fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The API, service and storage tests without gunicorn, nginx, Chromium or slow
+# cases: the quick check while editing (under a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not system and not browser and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check messenger tests wsgi.py gunicorn.conf.py

@@ -117,26 +117,21 @@ def _stop_child(proc: subprocess.Popen[bytes] | None, timeout_secs: float) -> No
         proc.wait()
 
 
-def _embedded(settings: Settings):  # type: ignore[no-untyped-def]
-    from messenger.embedded import EmbeddedPostgres, EmbeddedRedis
+def _local_servers(settings: Settings):  # type: ignore[no-untyped-def]
+    from messenger.embedded import LocalServers
 
-    data_dir = settings.data_dir.resolve()
-    pg = EmbeddedPostgres(
-        data_dir / "postgres",
-        settings.embedded_pg_port,
-        databases=("messenger",),
+    return LocalServers(
+        settings.data_dir.resolve(),
+        pg_port=settings.embedded_pg_port,
+        redis_port=settings.embedded_redis_port,
         log=_say,
     )
-    rds = EmbeddedRedis(data_dir / "redis", settings.embedded_redis_port, log=_say)
-    return pg, rds
 
 
 def _child_hook():  # type: ignore[no-untyped-def]
-    if not sys.platform.startswith("linux"):
-        return None
-    from messenger.embedded import die_with_parent_hook
+    from messenger.embedded import child_hook
 
-    return die_with_parent_hook()
+    return child_hook()
 
 
 def _stop_with_parent() -> None:
@@ -170,17 +165,20 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
     pusher = None
     try:
         if settings.is_embedded:
-            pg, rds = _embedded(settings)
+            servers = _local_servers(settings)
             if not (settings.database_url or settings.shard_map):
-                pg.start()
-                started.append(pg)
-                env["MESSENGER_DATABASE_URL"] = pg.dsn("messenger")
-                _say(f"PostgreSQL: {pg.binaries_source}, data in {pg.data_dir}")
+                servers.pg.start()
+                started.append(servers.pg)
+                env["MESSENGER_DATABASE_URL"] = servers.pg.dsn("messenger")
+                _say(
+                    f"PostgreSQL: {servers.pg.binaries_source}, "
+                    f"data in {servers.pg.data_dir}"
+                )
             if not settings.redis_url:
-                rds.start()
-                started.append(rds)
-                env["MESSENGER_REDIS_URL"] = rds.url
-                _say(f"Redis: {rds.binaries_source}")
+                servers.redis.start()
+                started.append(servers.redis)
+                env["MESSENGER_REDIS_URL"] = servers.redis.url
+                _say(f"Redis: {servers.redis.binaries_source}")
             settings = load(env)
         cmd_migrate(settings)
         if workers:

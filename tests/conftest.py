@@ -1,13 +1,19 @@
 """Shared fixtures: real PostgreSQL (two physical databases) and real Redis,
-started once per test session under /var/tmp, and the app built on them."""
+started once per test session under /var/tmp, and the app built on them.
+
+Nothing outlives the run: the servers are stopped and their folder removed when the
+session ends, fails, errors in a fixture or is interrupted (Ctrl-C, SIGTERM); a
+folder left by a run that was killed outright is cleaned up by the next run."""
 
 from gevent import monkey
 
 monkey.patch_all()
 
 import itertools  # noqa: E402
+import os  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -17,7 +23,13 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import redis as redis_lib  # noqa: E402
 
-from messenger.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+from messenger.embedded import (  # noqa: E402
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    LocalServers,
+    free_port,
+    is_process_running,
+)
 from messenger.settings import Settings, load  # noqa: E402
 
 # Tests use few shards (fast migrations) spread over two physical databases, so
@@ -50,20 +62,64 @@ class Services:
         return env
 
 
+# Each test run's servers live in a folder named with this prefix, with the pid of
+# the pytest process that owns it in OWNER_FILE.
+RUN_FOLDER_PREFIX = "messenger-test-"
+OWNER_FILE = "owner.pid"
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    # pytest tears fixtures down on KeyboardInterrupt, not on SIGTERM's default
+    # (an immediate exit that would leave the servers running).
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what tests/system holds, so `make test-fast` can leave it out."""
+    for item in items:
+        parts = item.path.parts
+        if "system" in parts:
+            item.add_marker(pytest.mark.system)
+        if item.path.name == "test_browser.py":
+            item.add_marker(pytest.mark.browser)
+
+
+def remove_abandoned_runs(parent: Path = Path("/var/tmp")) -> list[Path]:
+    """Stop the servers of earlier runs whose pytest died (kill -9) and delete
+    their folders; return the folders removed."""
+    removed = []
+    for folder in parent.glob(f"{RUN_FOLDER_PREFIX}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being set up by a live run
+        if is_process_running(owner):
+            continue
+        LocalServers(folder, pg_port=0, redis_port=0, remove_on_stop=True).stop()
+        removed.append(folder)
+    return removed
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
-    root = Path(tempfile.mkdtemp(prefix="messenger-test-", dir="/var/tmp"))
+    remove_abandoned_runs()
+    root = Path(tempfile.mkdtemp(prefix=RUN_FOLDER_PREFIX, dir="/var/tmp"))
     root.chmod(0o755)
-    pg = EmbeddedPostgres(root / "pg", free_port(), databases=("m1", "m2"))
-    rds = EmbeddedRedis(root / "redis", free_port(), persistent=False)
-    pg.start()
-    rds.start()
-    try:
-        yield Services(pg, rds, root)
-    finally:
-        rds.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    (root / OWNER_FILE).write_text(str(os.getpid()))
+    servers = LocalServers(
+        root,
+        pg_port=free_port(),
+        redis_port=free_port(),
+        databases=("m1", "m2"),
+        persistent=False,
+        remove_on_stop=True,
+    )
+    with servers:
+        yield Services(servers.pg, servers.redis, root)
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +154,20 @@ def shards(app: Any) -> Any:
     from messenger import runtime
 
     return runtime.get().router
+
+
+def require_program(program: str, package: str) -> str:
+    """The path of a program a test needs, else skip naming the package to install.
+
+    CI installs every such package, so there (CI=true) a missing one fails instead.
+    """
+    path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if path is None:
+        reason = f"{program} is not installed (apt-get install {package})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must install it: see .ci/run")
+        pytest.skip(reason)
+    return path
 
 
 _handles = itertools.count(1)

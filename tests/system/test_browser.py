@@ -8,7 +8,6 @@ saved to artifacts/screenshots/ for a person to look at.
 
 import json
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import Services, unique_handle
+from tests.conftest import Services, require_program, unique_handle
 from tests.system.conftest import ROOT, Server, start_gunicorn
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -49,12 +48,7 @@ def _unavailable(reason: str) -> None:
 
 
 def _chromium() -> str:
-    path = shutil.which("chromium") or (
-        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
-    )
-    if path is None:
-        _unavailable("chromium is not installed (apt-get install chromium)")
-    return str(path)
+    return require_program("chromium", "chromium")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ documented substitutions (listen port, gunicorn address).
 
 import http.client
 import json
-import os
 import re
 import shutil
 import signal
@@ -24,11 +23,10 @@ import requests
 
 from messenger.embedded import free_port
 from messenger.settings import POLL_TIMEOUT_MAX_SECS
-from tests.conftest import Services
+from tests.conftest import Services, require_program
 from tests.system.conftest import ROOT, Api, Server, start_gunicorn
 
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # Held to its full timeout through nginx: long enough to outlast any short default
 # timeout on the way (nginx's proxy_read_timeout defaults to 60 s, but e.g. a send or
 # keep-alive timeout of a few seconds would show), short enough for CI.
@@ -92,8 +90,7 @@ class Nginx:
 
 
 def start_nginx(upstream_port: int) -> Nginx:
-    if not os.path.exists(NGINX):
-        pytest.fail("nginx is not installed (apt-get install nginx; .ci/run does)")
+    program = require_program("nginx", "nginx")
     # Under /var/tmp and world-readable: as root, nginx's workers run as `nobody`
     # and must reach the temp folders nginx creates under the prefix.
     prefix = Path(tempfile.mkdtemp(prefix="messenger-nginx-", dir="/var/tmp"))
@@ -107,7 +104,7 @@ def start_nginx(upstream_port: int) -> Nginx:
     conf_path = prefix / "nginx.conf"
     conf_path.write_text(conf)
     args = [
-        NGINX,
+        program,
         "-p",
         f"{prefix}/",
         "-c",
@@ -146,6 +143,7 @@ class Proxied:
 def proxied(
     services: Services, settings: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Proxied]:
+    require_program("nginx", "nginx")  # before starting anything
     root = tmp_path_factory.mktemp("nginx")
     gunicorn = start_gunicorn(
         services,

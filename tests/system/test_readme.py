@@ -8,8 +8,8 @@ would find the handles taken).
 import json
 import re
 import secrets
-import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import pytest
 
 from messenger.cli import cmd_migrate
 from messenger.settings import load
-from tests.conftest import TEST_SHARDS, Services
+from tests.conftest import TEST_SHARDS, Services, require_program
 from tests.system.conftest import ROOT, Server, start_gunicorn
 
 WALKTHROUGH = re.compile(
@@ -63,15 +63,18 @@ def fresh_server(services: Services, tmp_path: Path) -> Iterator[Server]:
 def test_readme_walkthrough_runs_against_the_server(
     fresh_server: Server, tmp_path: Path, settings: Any
 ) -> None:
-    if shutil.which("jq") is None:
-        pytest.fail("jq is not installed (apt-get install jq; .ci/run does)")
+    require_program("curl", "curl")
     script = "set -euo pipefail\n" + walkthrough_script()
     work = tmp_path / "walkthrough"
     work.mkdir()
     done = subprocess.run(
         ["bash", "-c", script],
         cwd=work,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "BASE": fresh_server.url},
+        # python3 (the walkthrough's JSON field reader): this run's, as a user's.
+        env={
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            "BASE": fresh_server.url,
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -83,21 +86,31 @@ def test_readme_walkthrough_runs_against_the_server(
     )
     lines = output.splitlines()
     records = [_json(line) for line in lines]
-    # Bob's held poll was answered with Alice's message (the jq line of its events)...
-    poll_line = records.index({"seq": 1, "body": "Hi Bob! Lunch?"})
+    # Bob's held poll was answered with Alice's message...
+    poll_line = next(i for i, r in enumerate(records) if _has(r, "events"))
+    polled = [
+        (e["message"]["seq"], e["message"]["body"])
+        for e in records[poll_line]["events"]
+        if e["type"] == "message"
+    ]
+    assert polled == [(1, "Hi Bob! Lunch?")], output
     # ...then the retry with the same client_msg_id answered 200 (nothing stored).
     assert lines[poll_line + 1] == "200", output
     # History: both messages, in seq order, no duplicate from the retry.
-    history = [r for r in records if isinstance(r, dict) and set(r) == HISTORY_KEYS]
-    assert [(r["seq"], r["body"]) for r in history] == [
+    history = next(r for r in records if _has(r, "messages"))["messages"]
+    assert [(m["seq"], m["body"]) for m in history] == [
         (1, "Hi Bob! Lunch?"),
         (2, "Sure, at noon."),
     ], output
+    # Alice's conversation list shows Bob's reply as the last message.
+    listed = next(r for r in records if _has(r, "conversations"))["conversations"]
+    assert [c["last_message"]["body"] for c in listed] == ["Sure, at noon."], output
     # Logging out: 204, then the revoked token gets 401.
     assert lines[-2:] == ["204", "401"], output
 
 
-HISTORY_KEYS = {"seq", "sender_id", "body"}
+def _has(record: Any, key: str) -> bool:
+    return isinstance(record, dict) and key in record
 
 
 def _json(line: str) -> Any:
