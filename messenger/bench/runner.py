@@ -23,7 +23,8 @@ from typing import Any
 from messenger.bench import report
 from messenger.bench.client import raise_open_file_limit
 from messenger.bench.profiling import Profiler
-from messenger.bench.scenarios import FULL, QUICK, SCENARIOS, Bench
+from messenger.bench.scenarios import SCENARIOS
+from messenger.bench.scenarios.harness import FULL, QUICK, Bench
 from messenger.bench.stack import REPO_ROOT, Stack, StackError
 
 RESULTS_DIR = REPO_ROOT / "bench-results"
