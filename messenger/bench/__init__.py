@@ -6,7 +6,7 @@ and reports each figure beside its target (table, JSON, HTML with inline SVG).
 
 Modules: stack (start/stop the processes), client (HTTP/1.1 on gevent sockets),
 scenarios (a harness and one module per scenario: what is measured), seed (long
-conversations copied in SQL), procs (RSS and CPU from /proc), stats (percentiles),
+conversations copied in SQL), procs (RSS and CPU, with psutil), stats (percentiles),
 profiling (py-spy behind --profile), report (targets, text and JSON, SVG, HTML),
 runner (the CLI).
 Nothing here is imported by the server.
