@@ -20,10 +20,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
+
 from messenger.bench import report
 from messenger.bench.client import raise_open_file_limit
 from messenger.bench.profiling import Profiler
-from messenger.bench.scenarios import FULL, QUICK, SCENARIOS, Bench
+from messenger.bench.scenarios import SCENARIOS
+from messenger.bench.scenarios.harness import FULL, QUICK, Bench
 from messenger.bench.stack import REPO_ROOT, Stack, StackError
 
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -124,22 +127,20 @@ def git_sha() -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    cpu_model = mem_total_mb = None
+    # psutil does not name the CPU model; /proc/cpuinfo does.
+    cpu_model = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
                 break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_total_mb = int(line.split()[1]) // 1024
     except OSError:
         pass
     return {
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model,
-        "mem_total_mb": mem_total_mb,
+        "mem_total_mb": psutil.virtual_memory().total // (1024 * 1024),
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
