@@ -324,3 +324,46 @@ def test_missing_binaries_say_what_to_install(tmp_path: Path) -> None:
         find_postgres_binaries(search_path="", system_root=tmp_path, packages=())
     with pytest.raises(RuntimeError, match="apt-get install -y redis-server"):
         find_redis_server(search_path="", system_dirs=(), packages=())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as postgres")
+def test_wheel_binaries_the_postgres_user_cannot_reach_are_copied_and_run(
+    tmp_path: Path,
+) -> None:
+    from messenger.embedded.accounts import postgres_account, run_as
+    from messenger.embedded.binaries import PostgresBinaries, package_dir
+    from messenger.embedded.postgres import reachable_binaries
+
+    wheel = package_dir("pgserver")
+    if wheel is None:
+        pytest.skip("the pgserver wheel is not installed (pip install pgserver)")
+    # A virtualenv under a folder private to root (pytest's tmp_path is 0700).
+    site = tmp_path / "site-packages"
+    shutil.copytree(wheel / "pginstall", site / "pgserver" / "pginstall", symlinks=True)
+    libs = wheel.with_name("pgserver.libs")
+    if libs.is_dir():
+        shutil.copytree(libs, site / "pgserver.libs", symlinks=True)
+    private = PostgresBinaries(
+        site / "pgserver" / "pginstall" / "bin", "16.2", "pgserver wheel"
+    )
+    account = postgres_account()
+    assert account is not None
+    with pytest.raises(PermissionError):  # as the postgres user, as it stands
+        run_as(account, [private.tool("postgres")], cwd=Path("/"), timeout_secs=10)
+
+    copied = reachable_binaries(private, account)
+    try:
+        assert str(copied.bin_dir).startswith("/var/tmp/messenger-pgbin-")
+        for tool in ("postgres", "initdb", "pg_ctl"):
+            done = run_as(
+                account,
+                [copied.tool(tool), "--version"],
+                cwd=Path("/"),
+                timeout_secs=10,
+            )
+            assert done.returncode == 0, done.stderr
+            assert "16." in done.stdout
+        # Made once: a second call reuses the copy.
+        assert reachable_binaries(private, account) == copied
+    finally:
+        shutil.rmtree(copied.bin_dir.parents[2], ignore_errors=True)

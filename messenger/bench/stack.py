@@ -69,8 +69,7 @@ class Stack:
         self.port = 0
         self.workers = 0
         self.env: dict[str, str] = {}
-        self._pg: Any = None
-        self._redis: Any = None
+        self._servers: Any = None
         self._server: subprocess.Popen[bytes] | None = None
 
     # -- whole stack -------------------------------------------------------------
@@ -81,36 +80,30 @@ class Stack:
         Raises:
             StackError: a process failed to start (its log tail is in the message).
         """
-        from messenger.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+        from messenger.embedded import LocalServers, free_port
 
         self.root.mkdir(parents=True)
         self.root.chmod(0o755)
         self.say(f"[stack] data folder {self.root}")
         t0 = time.monotonic()
-        pg_port = free_port()
-        self._pg = EmbeddedPostgres(
-            self.root / "postgres", pg_port, log=lambda m: self.say(f"[stack] {m}")
-        )
-        self._pg.start()
-        self.say(
-            f"[stack] PostgreSQL on port {pg_port} ({time.monotonic() - t0:.1f} s)"
-        )
         # The bench measures the server, not Redis's disk: nothing to persist.
-        self._redis = EmbeddedRedis(
-            self.root / "redis",
-            free_port(),
+        self._servers = LocalServers(
+            self.root,
+            pg_port=free_port(),
+            redis_port=free_port(),
             persistent=False,
             log=lambda m: self.say(f"[stack] {m}"),
         )
-        self._redis.start()
+        self._servers.start()
+        self.say(f"[stack] PostgreSQL and Redis ready ({time.monotonic() - t0:.1f} s)")
         self.port = free_port()
         inherited = {
             k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")
         }
         self.env = {
             **inherited,
-            "MESSENGER_DATABASE_URL": self._pg.dsn("messenger"),
-            "MESSENGER_REDIS_URL": self._redis.url,
+            "MESSENGER_DATABASE_URL": self._servers.pg.dsn("messenger"),
+            "MESSENGER_REDIS_URL": self._servers.redis.url,
             "MESSENGER_SHARDS": str(self.shards),
             "MESSENGER_SECRET_KEY": secrets.token_hex(24),
             "MESSENGER_HOST": "127.0.0.1",
@@ -126,14 +119,13 @@ class Stack:
         """Stop whatever was started, in reverse order; never raises."""
         for name, step in (
             ("gunicorn", self.stop_server),
-            ("Redis", lambda: self._redis and self._redis.stop()),
-            ("PostgreSQL", lambda: self._pg and self._pg.stop()),
+            ("PostgreSQL and Redis", lambda: self._servers and self._servers.stop()),
         ):
             try:
                 step()
             except Exception as exc:  # keep stopping the rest
                 self.say(f"[stack] stopping {name} failed: {exc!r}")
-        self._redis = self._pg = None
+        self._servers = None
         if self.root.exists() and not self.keep_data:
             shutil.rmtree(self.root, ignore_errors=True)
         elif self.root.exists():
@@ -273,11 +265,11 @@ class Stack:
         return workers
 
     def postgres_pids(self) -> list[int]:
-        pid = self._pg.pid if self._pg is not None else None
+        pid = self._servers.pg.pid if self._servers is not None else None
         return procs.process_tree(pid) if pid else []
 
     def redis_pids(self) -> list[int]:
-        pid = self._redis.pid if self._redis is not None else None
+        pid = self._servers.redis.pid if self._servers is not None else None
         return [pid] if pid else []
 
     def process_groups(self) -> dict[str, list[int]]:

@@ -68,29 +68,41 @@ def reachable_binaries(
     The pgserver wheel lives in the virtualenv; a virtualenv under /root is private
     to root, so the postgres user gets a copy of the installation (bin, lib, share:
     PostgreSQL finds its files relative to its binaries), made once per version.
+    A wheel's binaries also find their bundled libraries relative to themselves
+    (RPATH $ORIGIN/../../../pgserver.libs): the copy keeps that layout.
     """
     if account is None or can_enter(account, binaries.bin_dir):
         return binaries
-    digest = hashlib.sha256(str(binaries.install_dir).encode()).hexdigest()[:12]
+    install = binaries.install_dir
+    digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
     target = PG_FALLBACK_ROOT / f"messenger-pgbin-{binaries.version}-{digest}"
+    # site-packages/pgserver/pginstall -> target/pgserver/pginstall, and the wheel's
+    # site-packages/pgserver.libs -> target/pgserver.libs.
+    package = install.parent
+    copies = [(install, Path(package.name) / install.name)]
+    libs = package.with_name(f"{package.name}.libs")
+    if libs.is_dir():
+        copies.append((libs, Path(libs.name)))
     if not (target / ".complete").exists():
         logger.warning(
             "the %s user cannot reach %s: copying PostgreSQL to %s",
             account.name,
-            binaries.install_dir,
+            install,
             target,
         )
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(binaries.install_dir, partial, symlinks=True)
-        partial.chmod(0o755)
-        (partial / ".complete").write_text(f"{binaries.install_dir}\n")
+        for source, relative in copies:
+            shutil.copytree(source, partial / relative, symlinks=True)
+        for folder in (partial, *(partial / rel for _, rel in copies)):
+            folder.chmod(0o755)
+        (partial / ".complete").write_text(f"{install}\n")
         shutil.rmtree(target, ignore_errors=True)
         with contextlib.suppress(OSError):  # a concurrent starter won the race
             partial.rename(target)
         shutil.rmtree(partial, ignore_errors=True)
     copied = PostgresBinaries(
-        target / binaries.bin_dir.name,
+        target / copies[0][1] / binaries.bin_dir.name,
         binaries.version,
         f"{binaries.source}, copied to {target}",
     )
