@@ -3,7 +3,8 @@
 Playwright drives Debian's Chromium (/usr/bin/chromium); no browser is downloaded.
 Without Chromium or Playwright these tests are skipped on a developer machine and
 fail in CI (CI=true), which installs both. Screenshots of the main screens are
-saved to artifacts/screenshots/ for a person to look at.
+saved to artifacts/screenshots/ for a person to look at. Every page must run without
+a script error: a module that fails to load or link shows up as one.
 """
 
 import json
@@ -13,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -21,6 +23,10 @@ from tests.conftest import Services, unique_handle
 from tests.system.conftest import ROOT, Server, start_gunicorn
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+STATIC = ROOT / "messenger" / "web" / "static"
+# What a module script may be served as: browsers refuse it under any other type
+# (the app sends X-Content-Type-Options: nosniff, so there is no guessing either).
+JAVASCRIPT_TYPES = {"text/javascript", "application/javascript"}
 CHROMIUM_ARGS = [
     # As root, Chromium's sandbox cannot start; the page is our own.
     "--no-sandbox",
@@ -121,16 +127,42 @@ def account(web: Server) -> Any:
     return make
 
 
+def watch_errors(page: Any) -> list[str]:
+    """Collect the page's script errors, and its failed loads of anything but the API.
+
+    Failed API calls are the tests' doing (a wrong password answers 401, an outage
+    aborts requests) and the page shows them in its own UI.
+    """
+    errors: list[str] = []
+
+    def on_console(msg: Any) -> None:
+        if msg.type != "error":
+            return
+        url = msg.location.get("url", "")
+        if msg.text.startswith("Failed to load resource") and "/v1/" in url:
+            return
+        errors.append(f"console error: {msg.text} ({url})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    return errors
+
+
 @pytest.fixture
 def open_page(browser: Any, web: Server) -> Iterator[Any]:
-    """A page in a fresh browser context (its own sessionStorage: one person)."""
+    """A page in a fresh browser context (its own sessionStorage: one person).
+
+    At the end of the test, no page may have logged a script error.
+    """
     contexts: list[Any] = []
+    errors_per_page: list[list[str]] = []
 
     def open_(viewport: dict[str, int] = WIDE) -> Any:
         context = browser.new_context(viewport=viewport, base_url=web.url)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(UI_TIMEOUT_MS)
+        errors_per_page.append(watch_errors(page))
         page.goto("/")
         return page
 
@@ -139,6 +171,8 @@ def open_page(browser: Any, web: Server) -> Iterator[Any]:
     finally:
         for context in contexts:
             context.close()
+    errors = [error for errors in errors_per_page for error in errors]
+    assert not errors, errors
 
 
 def tid(page: Any, test_id: str) -> Any:
@@ -216,6 +250,38 @@ def history(web: Server, user: Account, conversation_id: int) -> list[dict[str, 
     )
     assert r.status_code == 200, r.text
     return r.json()["messages"]  # type: ignore[no-any-return]
+
+
+def test_page_loads_every_module_as_javascript(browser: Any, web: Server) -> None:
+    """index.html names app.js; its imports must bring in every module shipped, each
+    served with a JavaScript type, under the page's CSP, without a script error."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(base_url=web.url)
+    try:
+        page = context.new_page()
+        scripts: dict[str, tuple[int, str]] = {}
+
+        def on_response(response: Any) -> None:
+            path = urlsplit(response.url).path
+            if path.endswith(".js"):
+                content_type = response.header_value("content-type") or ""
+                scripts[path] = (response.status, content_type.split(";")[0].strip())
+
+        page.on("response", on_response)
+        errors = watch_errors(page)
+        answer = page.goto("/")  # module scripts run before "load", where this returns
+        assert not errors, errors
+        expect(tid(page, "auth-view")).to_be_visible()
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+        shipped = {f"/static/{path.name}" for path in STATIC.glob("*.js")}
+        assert set(scripts) == shipped
+        for path, (status, content_type) in scripts.items():
+            assert status == 200, path
+            assert content_type in JAVASCRIPT_TYPES, (path, content_type)
+        assert not errors, errors
+    finally:
+        context.close()
 
 
 def test_register_and_chat_both_ways_in_real_time(
