@@ -417,6 +417,57 @@ def test_group_of_three(open_page: Any, account: Any, web: Server) -> None:
     assert bodies[0] == "Pizza or sushi?"
 
 
+def test_group_members_panel(open_page: Any, account: Any) -> None:
+    """Rename, add, remove, leave and delete (two clicks) from the members panel."""
+    from playwright.sync_api import expect
+
+    alice, bob, carol = account("Alice"), account("Bob"), account("Carol")
+    alice_page, bob_page = open_page(), open_page()
+    log_in(alice_page, alice)
+    log_in(bob_page, bob)
+    tid(alice_page, "new-group-toggle").click()
+    tid(alice_page, "group-title").fill("Book club")
+    tid(alice_page, "group-members").fill(bob.handle)
+    tid(alice_page, "create-group-button").click()
+    expect(tid(alice_page, "chat-title")).to_have_text("Book club")
+    tid(alice_page, "members-button").click()
+    expect(tid(alice_page, "members-button")).to_have_attribute("aria-expanded", "true")
+    expect(tid(alice_page, "member")).to_have_count(2)
+
+    tid(alice_page, "rename-title").fill("Reading club")
+    tid(alice_page, "rename-button").click()
+    expect(tid(alice_page, "chat-title")).to_have_text("Reading club")
+    bob_item = tid(bob_page, "conversation-item").filter(has_text="Reading club")
+    expect(bob_item).to_have_count(1)
+
+    tid(alice_page, "add-member-handle").fill(carol.handle)
+    tid(alice_page, "add-member-button").click()
+    carol_row = tid(alice_page, "member").and_(
+        alice_page.locator(f'[data-user-id="{carol.id}"]')
+    )
+    expect(carol_row).to_contain_text("Carol")
+    carol_row.get_by_test_id("remove-member-button").click()
+    expect(carol_row).to_have_count(0)
+
+    bob_item.click()
+    expect(tid(bob_page, "chat-title")).to_have_text("Reading club")
+    tid(bob_page, "members-button").click()
+    expect(tid(bob_page, "delete-conversation-button")).to_be_hidden()
+    tid(bob_page, "leave-button").click()
+    expect(tid(bob_page, "list-error")).to_have_text("You left “Reading club”.")
+    expect(tid(bob_page, "chat-placeholder")).to_be_visible()
+    expect(bob_item).to_have_count(0)
+    expect(tid(alice_page, "member")).to_have_count(1)
+
+    delete = tid(alice_page, "delete-conversation-button")
+    delete.click()
+    expect(delete).to_have_text("Click again to delete")
+    delete.click()
+    expect(tid(alice_page, "list-error")).to_have_text("“Reading club” was deleted.")
+    expect(tid(alice_page, "chat-placeholder")).to_be_visible()
+    expect(tid(alice_page, "conversation-item")).to_have_count(0)
+
+
 class Outage:
     """Alice's browser loses the server for a while (page.route).
 
