@@ -9,7 +9,7 @@ import { loadPresence } from "./presence.js";
 import { isChatActive, postDelivered } from "./receipts.js";
 import { scheduleRender } from "./render.js";
 import { state } from "./state.js";
-import { isLeader } from "./sync.js";
+import { isLeaderTab } from "./sync.js";
 import { userName } from "./users.js";
 
 const LIST_PAGE_SIZE = 50;
@@ -128,7 +128,7 @@ export async function loadConversations({ reset }) {
     clearError($("list-error"));
     scheduleRender();
     loadPresence();
-    if (isLeader()) {
+    if (isLeaderTab()) {
       // Whatever arrived while no poll was running is delivered now.
       for (const conv of res.conversations || []) {
         const last = conv.last_message;

@@ -1,4 +1,5 @@
-// Presence: who is online, the dots that show it, and its periodic refresh.
+// Presence: who is online (asked in batches; lifecycle.js refreshes it every
+// PRESENCE_REFRESH_MS while a session runs) and the dots that show it.
 
 import * as api from "./api.js";
 import { peerId } from "./conversations.js";
@@ -7,7 +8,6 @@ import { scheduleRender } from "./render.js";
 import { state } from "./state.js";
 
 export const PRESENCE_REFRESH_MS = 60_000;
-
 const PRESENCE_BATCH = 100;
 
 export function presenceDot(userId, testid = "presence-dot") {

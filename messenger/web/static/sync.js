@@ -133,7 +133,7 @@ async function resync() {
 }
 
 /** True when this tab holds the session's long poll. */
-export function isLeader() {
+export function isLeaderTab() {
   return Boolean(tabs && tabs.isLeader);
 }
 

@@ -8,7 +8,6 @@ import { userName } from "./users.js";
 
 // API.md: POST .../typing "at most every ~3 s"; show an indicator for ~5 s.
 const TYPING_SEND_INTERVAL_MS = 3000;
-
 const TYPING_SHOW_MS = 5000;
 
 export function onTyping(event) {
