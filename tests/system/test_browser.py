@@ -3,7 +3,8 @@
 Playwright drives Debian's Chromium (/usr/bin/chromium); no browser is downloaded.
 Without Chromium or Playwright these tests are skipped on a developer machine and
 fail in CI (CI=true), which installs both. Screenshots of the main screens are
-saved to artifacts/screenshots/ for a person to look at.
+saved to artifacts/screenshots/ for a person to look at. Every page must run without
+a script error: a module that fails to load or link shows up as one.
 """
 
 import json
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -20,6 +22,10 @@ from tests.conftest import Services, require_program, unique_handle
 from tests.system.conftest import ROOT, Server, start_gunicorn
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+STATIC = ROOT / "messenger" / "web" / "static"
+# What a module script may be served as: browsers refuse it under any other type
+# (the app sends X-Content-Type-Options: nosniff, so there is no guessing either).
+JAVASCRIPT_TYPES = {"text/javascript", "application/javascript"}
 CHROMIUM_ARGS = [
     # As root, Chromium's sandbox cannot start; the page is our own.
     "--no-sandbox",
@@ -115,16 +121,42 @@ def account(web: Server) -> Any:
     return make
 
 
+def watch_errors(page: Any) -> list[str]:
+    """Collect the page's script errors, and its failed loads of anything but the API.
+
+    Failed API calls are the tests' doing (a wrong password answers 401, an outage
+    aborts requests) and the page shows them in its own UI.
+    """
+    errors: list[str] = []
+
+    def on_console(msg: Any) -> None:
+        if msg.type != "error":
+            return
+        url = msg.location.get("url", "")
+        if msg.text.startswith("Failed to load resource") and "/v1/" in url:
+            return
+        errors.append(f"console error: {msg.text} ({url})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    return errors
+
+
 @pytest.fixture
 def open_page(browser: Any, web: Server) -> Iterator[Any]:
-    """A page in a fresh browser context (its own sessionStorage: one person)."""
+    """A page in a fresh browser context (its own sessionStorage: one person).
+
+    At the end of the test, no page may have logged a script error.
+    """
     contexts: list[Any] = []
+    errors_per_page: list[list[str]] = []
 
     def open_(viewport: dict[str, int] = WIDE) -> Any:
         context = browser.new_context(viewport=viewport, base_url=web.url)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(UI_TIMEOUT_MS)
+        errors_per_page.append(watch_errors(page))
         page.goto("/")
         return page
 
@@ -133,6 +165,8 @@ def open_page(browser: Any, web: Server) -> Iterator[Any]:
     finally:
         for context in contexts:
             context.close()
+    errors = [error for errors in errors_per_page for error in errors]
+    assert not errors, errors
 
 
 def tid(page: Any, test_id: str) -> Any:
@@ -210,6 +244,38 @@ def history(web: Server, user: Account, conversation_id: int) -> list[dict[str, 
     )
     assert r.status_code == 200, r.text
     return r.json()["messages"]  # type: ignore[no-any-return]
+
+
+def test_page_loads_every_module_as_javascript(browser: Any, web: Server) -> None:
+    """index.html names app.js; its imports must bring in every module shipped, each
+    served with a JavaScript type, under the page's CSP, without a script error."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(base_url=web.url)
+    try:
+        page = context.new_page()
+        scripts: dict[str, tuple[int, str]] = {}
+
+        def on_response(response: Any) -> None:
+            path = urlsplit(response.url).path
+            if path.endswith(".js"):
+                content_type = response.header_value("content-type") or ""
+                scripts[path] = (response.status, content_type.split(";")[0].strip())
+
+        page.on("response", on_response)
+        errors = watch_errors(page)
+        answer = page.goto("/")  # module scripts run before "load", where this returns
+        assert not errors, errors
+        expect(tid(page, "auth-view")).to_be_visible()
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+        shipped = {f"/static/{path.name}" for path in STATIC.glob("*.js")}
+        assert set(scripts) == shipped
+        for path, (status, content_type) in scripts.items():
+            assert status == 200, path
+            assert content_type in JAVASCRIPT_TYPES, (path, content_type)
+        assert not errors, errors
+    finally:
+        context.close()
 
 
 def test_register_and_chat_both_ways_in_real_time(
@@ -343,6 +409,57 @@ def test_group_of_three(open_page: Any, account: Any, web: Server) -> None:
     bodies = [m["body"] for m in history(web, carol, conversation_id)]
     assert sorted(bodies) == sorted(["Pizza or sushi?", "Pizza!", "Sushi, please"])
     assert bodies[0] == "Pizza or sushi?"
+
+
+def test_group_members_panel(open_page: Any, account: Any) -> None:
+    """Rename, add, remove, leave and delete (two clicks) from the members panel."""
+    from playwright.sync_api import expect
+
+    alice, bob, carol = account("Alice"), account("Bob"), account("Carol")
+    alice_page, bob_page = open_page(), open_page()
+    log_in(alice_page, alice)
+    log_in(bob_page, bob)
+    tid(alice_page, "new-group-toggle").click()
+    tid(alice_page, "group-title").fill("Book club")
+    tid(alice_page, "group-members").fill(bob.handle)
+    tid(alice_page, "create-group-button").click()
+    expect(tid(alice_page, "chat-title")).to_have_text("Book club")
+    tid(alice_page, "members-button").click()
+    expect(tid(alice_page, "members-button")).to_have_attribute("aria-expanded", "true")
+    expect(tid(alice_page, "member")).to_have_count(2)
+
+    tid(alice_page, "rename-title").fill("Reading club")
+    tid(alice_page, "rename-button").click()
+    expect(tid(alice_page, "chat-title")).to_have_text("Reading club")
+    bob_item = tid(bob_page, "conversation-item").filter(has_text="Reading club")
+    expect(bob_item).to_have_count(1)
+
+    tid(alice_page, "add-member-handle").fill(carol.handle)
+    tid(alice_page, "add-member-button").click()
+    carol_row = tid(alice_page, "member").and_(
+        alice_page.locator(f'[data-user-id="{carol.id}"]')
+    )
+    expect(carol_row).to_contain_text("Carol")
+    carol_row.get_by_test_id("remove-member-button").click()
+    expect(carol_row).to_have_count(0)
+
+    bob_item.click()
+    expect(tid(bob_page, "chat-title")).to_have_text("Reading club")
+    tid(bob_page, "members-button").click()
+    expect(tid(bob_page, "delete-conversation-button")).to_be_hidden()
+    tid(bob_page, "leave-button").click()
+    expect(tid(bob_page, "list-error")).to_have_text("You left “Reading club”.")
+    expect(tid(bob_page, "chat-placeholder")).to_be_visible()
+    expect(bob_item).to_have_count(0)
+    expect(tid(alice_page, "member")).to_have_count(1)
+
+    delete = tid(alice_page, "delete-conversation-button")
+    delete.click()
+    expect(delete).to_have_text("Click again to delete")
+    delete.click()
+    expect(tid(alice_page, "list-error")).to_have_text("“Reading club” was deleted.")
+    expect(tid(alice_page, "chat-placeholder")).to_be_visible()
+    expect(tid(alice_page, "conversation-item")).to_have_count(0)
 
 
 class Outage:

@@ -1,0 +1,110 @@
+// The conversation list pane: one button per conversation, updated in place.
+
+import {
+  conversationTitle,
+  loadConversations,
+  peerId,
+  sortedConversations,
+} from "./conversations.js";
+import { $, formatTime, h } from "./dom.js";
+import { presenceDot } from "./presence.js";
+import { navigateToChat } from "./router.js";
+import { state } from "./state.js";
+import { userName } from "./users.js";
+
+export function renderList() {
+  const ul = $("conversation-list");
+  const focusedId = document.activeElement && document.activeElement.dataset.conversationId;
+  const convs = sortedConversations();
+  const existing = new Map([...ul.children].map((li) => [Number(li.dataset.conversationId), li]));
+  const wanted = [];
+  for (const conv of convs) {
+    let li = existing.get(conv.id);
+    if (!li) {
+      li = h("li", { dataset: { conversationId: String(conv.id) } });
+      li.append(
+        h("button", {
+          type: "button",
+          class: "conv",
+          dataset: { testid: "conversation-item", conversationId: String(conv.id) },
+          onclick: () => navigateToChat(conv.id),
+        }),
+      );
+    }
+    fillConversationButton(li.firstElementChild, conv);
+    wanted.push(li);
+  }
+  // Reorder in place so that unchanged items (and focus) are left alone.
+  wanted.forEach((li, index) => {
+    if (ul.children[index] !== li) ul.insertBefore(li, ul.children[index] || null);
+  });
+  for (const [id, li] of existing) if (!state.conversations.has(id)) li.remove();
+  if (focusedId && document.activeElement === document.body) {
+    const again = ul.querySelector(`button[data-conversation-id="${focusedId}"]`);
+    if (again) again.focus();
+  }
+  $("conversation-empty").hidden = convs.length > 0;
+  $("load-more-conversations").hidden = state.listNext === null;
+}
+
+function fillConversationButton(button, conv) {
+  const unread = conv.unread_count || 0;
+  const last = conv.last_message;
+  let preview = "No messages yet";
+  if (last) {
+    const prefix =
+      last.sender_id === state.me.id
+        ? "You: "
+        : conv.kind === "group"
+          ? `${userName(last.sender_id)}: `
+          : "";
+    preview = prefix + last.body.replace(/\s+/g, " ");
+  }
+  const peer = peerId(conv);
+  const typers = state.typing.get(conv.id);
+  if (typers && typers.size) preview = "typing…";
+  button.dataset.kind = conv.kind;
+  button.dataset.unread = String(unread);
+  if (state.chat && state.chat.id === conv.id) button.setAttribute("aria-current", "page");
+  else button.removeAttribute("aria-current");
+  button.replaceChildren(
+    h(
+      "span",
+      { class: "conv-top" },
+      peer !== null ? presenceDot(peer) : null,
+      h("span", {
+        class: "conv-title",
+        text: conversationTitle(conv),
+        dataset: { testid: "conversation-title" },
+      }),
+      last
+        ? h("time", {
+            class: "conv-time",
+            datetime: last.created_at,
+            text: formatTime(last.created_at),
+          })
+        : null,
+    ),
+    h(
+      "span",
+      { class: "conv-bottom" },
+      h("span", {
+        class: "conv-preview",
+        text: preview,
+        dataset: { testid: "conversation-preview" },
+      }),
+      unread > 0
+        ? h(
+            "span",
+            { class: "badge", dataset: { testid: "unread-badge" } },
+            h("span", { "aria-hidden": "true", text: unread > 999 ? "999+" : String(unread) }),
+            h("span", { class: "visually-hidden", text: `${unread} unread` }),
+          )
+        : null,
+    ),
+  );
+}
+
+export function bindList() {
+  $("load-more-conversations").addEventListener("click", () => loadConversations({ reset: false }));
+}
