@@ -28,7 +28,9 @@ from messenger.embedded import free_port
 from messenger.realtime import keys
 from messenger.services import presence, push
 from messenger.services.push_providers import SIGNATURE_HEADER, sign, verify
-from messenger.workers.pusher import Job, Pusher, backoff_secs
+from messenger.workers.push_queue import Job
+from messenger.workers.push_queue import retry_delay_secs as backoff_secs
+from messenger.workers.pusher import Pusher
 from tests.conftest import Services
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,45 +1,18 @@
 """The push worker (`messenger push-worker`): delivers push jobs to devices.
 
-The queue lives in Redis (key names in realtime/keys.py, all under the {push}
-hash tag):
-
-    pending:<user>:<conv>  messages being coalesced (services/push.py appends)
-    due                    batches by due time: "<user>:<conv>" → unix time
-    queue                  jobs ready now
-    processing:<worker>    jobs a worker took (BLMOVE from queue) and has not finished
-    retry                  jobs waiting for their next attempt, by time
-    dead                   jobs that failed their last attempt (newest first)
-
-Every move is atomic (a Lua script, BLMOVE, or one MULTI), so a job is in exactly
-one place at any moment: BLMOVE hands it to one worker, which is why several
-workers never send the same job twice in the normal case. A worker that dies
-leaves its jobs in its processing list; any worker requeues them once the dead
-worker's heartbeat has expired, and at once when it runs on the same host and the
-dead worker's process is gone (a restart after a crash). A job whose worker died
-after the receiver accepted it but before the worker recorded that is delivered
-again: delivery is at least once, and receivers may see a rare duplicate (same
-messages, fresh signature).
-
-A job carries the previews of its messages, the attempt count and, after a
-failure, the one device it is still for:
-
-    {"job_id": 7, "user_id": 12, "conversation_id": 9, "attempt": 0,
-     "device_id": null, "messages": [Message preview, ...]}
-
-Update PROMOTE (which writes new jobs) and Job when adding a field.
+Jobs come from the Redis queue (workers/push_queue.py: how a job is taken, filed
+and recovered after a crash). For each one this worker finds the user's devices,
+sends one HMAC-signed push per device through its provider, and files the outcome:
+delivered, the device gone (removed), retried later for the device that failed
+(with backoff, honouring Retry-After), or dead-lettered after the last attempt.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import random
-import secrets
 import signal
-import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import gevent
@@ -47,6 +20,7 @@ import gevent.event
 import redis
 
 from messenger import logs, metrics, runtime
+from messenger.backoff import Backoff
 from messenger.errors import Unavailable
 from messenger.models import Device
 from messenger.realtime import keys
@@ -56,138 +30,27 @@ from messenger.services import devices
 from messenger.services.push import build_push
 from messenger.services.push_providers import DeliveryResult, providers
 from messenger.settings import Settings
+from messenger.workers.push_queue import Job, PushQueue, retry_delay_secs
 
 logger = logging.getLogger(__name__)
 
 # Due batches and retries are moved to the queue this often: the latency a
 # coalescing window or a backoff gains at most.
 PROMOTE_EVERY_SECS = 0.2
-# Batches and retries moved per script call (one call must stay short: Redis runs
-# nothing else meanwhile).
-PROMOTE_LIMIT = 500
 REAP_EVERY_SECS = 5.0
 # A consumer's BLMOVE returns this often when idle, so a stopping worker notices.
 CONSUME_BLOCK_SECS = 1.0
-# The longest block process_one accepts (its connection's socket timeout is above).
-MAX_BLOCK_SECS = 30.0
-# Backoff between attempts never exceeds this, whatever the attempt number.
-BACKOFF_MAX_SECS = 600.0
 # A job whose user's shard is down waits this long; no attempt is spent on it.
 DB_RETRY_SECS = 5.0
+# While Redis fails, each loop of this worker tries again after 0.1 s, doubling
+# up to 5 s: back within a blink after a restart, at most one try in 5 s during
+# a long outage.
+REDIS_RETRY_FIRST_SECS = 0.1
 REDIS_BACKOFF_MAX_SECS = 5.0
 
-# Moves due batches (building their jobs) and due retries onto the queue.
-# KEYS: due, retry, queue, job ids. ARGV: now, limit, pending key prefix.
-PROMOTE = """
-local moved = 0
-local batches = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1],
-                           'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(batches) do
-  redis.call('ZREM', KEYS[1], member)
-  local pending = ARGV[3] .. member
-  local items = redis.call('LRANGE', pending, 0, -1)
-  redis.call('DEL', pending)
-  if #items > 0 then
-    local sep = string.find(member, ':', 1, true)
-    local job_id = redis.call('INCR', KEYS[4])
-    redis.call('LPUSH', KEYS[3], '{"job_id":' .. string.format('%d', job_id)
-      .. ',"user_id":' .. string.sub(member, 1, sep - 1)
-      .. ',"conversation_id":' .. string.sub(member, sep + 1)
-      .. ',"attempt":0,"device_id":null,"messages":['
-      .. table.concat(items, ',') .. ']}')
-    moved = moved + 1
-  end
-end
-local retries = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1],
-                           'LIMIT', 0, tonumber(ARGV[2]))
-for _, job in ipairs(retries) do
-  redis.call('ZREM', KEYS[2], job)
-  redis.call('LPUSH', KEYS[3], job)
-  moved = moved + 1
-end
-return moved
-"""
 
-# Puts a dead worker's unfinished jobs back at the head of the queue.
-# KEYS: its processing list, queue.
-REQUEUE = """
-local n = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT') do
-  n = n + 1
-end
-return n
-"""
-
-# Workers of this process that are running: another with the same host and pid
-# is an earlier life of this process (a restarted container's pid 1), not a
-# sibling.
-_LOCAL_WORKERS: set[str] = set()
-
-
-@dataclass(frozen=True)
-class Job:
-    job_id: int
-    user_id: int
-    conversation_id: int
-    attempt: int
-    device_id: int | None
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-
-    @classmethod
-    def parse(cls, raw: bytes | str) -> Job:
-        """Raises ValueError for anything that is not a job."""
-        try:
-            data = json.loads(raw)
-            return cls(
-                int(data["job_id"]),
-                int(data["user_id"]),
-                int(data["conversation_id"]),
-                int(data["attempt"]),
-                None if data.get("device_id") is None else int(data["device_id"]),
-                list(data["messages"]),
-                data.get("error"),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a push job: {exc!r}") from None
-
-    def to_json(self, **extra: Any) -> str:
-        data: dict[str, Any] = {
-            "job_id": self.job_id,
-            "user_id": self.user_id,
-            "conversation_id": self.conversation_id,
-            "attempt": self.attempt,
-            "device_id": self.device_id,
-            "messages": self.messages,
-        }
-        if self.error is not None:
-            data["error"] = self.error
-        data.update(extra)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-def backoff_secs(attempt: int, base_secs: float, retry_after: float | None) -> float:
-    """The wait after the attempt-th failure: exponential, capped, jittered
-    (half fixed, half random, so failed jobs don't retry in lockstep)."""
-    delay = min(BACKOFF_MAX_SECS, base_secs * 2 ** max(0, attempt - 1))
-    delay = delay / 2 + random.uniform(0, delay / 2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, BACKOFF_MAX_SECS))
-    return delay
-
-
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _redis_backoff() -> Backoff:
+    return Backoff(REDIS_RETRY_FIRST_SECS, REDIS_BACKOFF_MAX_SECS)
 
 
 class Pusher:
@@ -199,139 +62,53 @@ class Pusher:
     ) -> None:
         self.rt = rt
         self.settings: Settings = rt.settings
-        self.redis = rt.redis
-        self.worker_id = worker_id or new_worker_id()
-        self.processing = keys.push_processing(self.worker_id)
+        self.queue = PushQueue(rt.redis, self.settings.redis_url or "", worker_id)
+        self.worker_id = self.queue.worker_id
+        self.processing = self.queue.processing
         self.concurrency = concurrency or self.settings.push_concurrency
         self.providers = providers(self.settings)
-        self._promote = self.redis.register_script(PROMOTE)
-        self._requeue = self.redis.register_script(REQUEUE)
-        self._client: redis.Redis | None = None
         self._stopping = gevent.event.Event()
-        # Jobs this worker's consumers are handling, and processing-list items no
-        # consumer was handling at the last look (see recover_strays).
+        # Jobs this worker's consumers are handling (see recover_strays).
         self._inflight: set[bytes] = set()
-        self._strays: set[bytes] = set()
 
     # ---- life ---------------------------------------------------------------------
 
     def start_up(self) -> int:
         """Announce this worker, requeue jobs of dead ones (left by a crash), and
         rebuild the device flags if Redis lost them. Returns jobs requeued."""
-        _LOCAL_WORKERS.add(self.worker_id)
-        self.heartbeat()
-        requeued = self.reap()
+        requeued = self.queue.join()
         self.check_flags()
         return requeued
 
     def shut_down(self) -> int:
         """Put this worker's unfinished jobs back on the queue and leave."""
-        _LOCAL_WORKERS.discard(self.worker_id)
-        requeued = int(self._requeue(keys=[self.processing, keys.PUSH_QUEUE]))
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.srem(keys.PUSH_WORKERS, self.worker_id)
-        pipe.delete(keys.push_alive(self.worker_id))
-        pipe.execute()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if requeued:
-            logger.info("push worker %s: requeued %d jobs", self.worker_id, requeued)
-        return requeued
+        return self.queue.leave()
 
     def heartbeat(self) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.push_alive(self.worker_id), 1, ex=keys.PUSH_HEARTBEAT_TTL_SECS)
-        pipe.sadd(keys.PUSH_WORKERS, self.worker_id)
-        pipe.execute()
-
-    def reap(self) -> int:
-        """Requeue the jobs of every dead worker; returns how many."""
-        requeued = 0
-        for raw in self.redis.smembers(keys.PUSH_WORKERS):
-            worker_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if worker_id == self.worker_id or not self._is_dead(worker_id):
-                continue
-            moved = int(
-                self._requeue(keys=[keys.push_processing(worker_id), keys.PUSH_QUEUE])
-            )
-            self.redis.srem(keys.PUSH_WORKERS, worker_id)
-            if moved:
-                logger.warning(
-                    "push worker %s: requeued %d jobs of dead worker %s",
-                    self.worker_id,
-                    moved,
-                    worker_id,
-                )
-            requeued += moved
-        return requeued
-
-    def _is_dead(self, worker_id: str) -> bool:
-        if worker_id in _LOCAL_WORKERS:
-            return False
-        if not self.redis.exists(keys.push_alive(worker_id)):
-            return True
-        host, _, rest = worker_id.rpartition(":")[0].rpartition(":")
-        if host != socket.gethostname() or not rest.isdigit():
-            return False  # another host: trust its heartbeat
-        pid = int(rest)
-        return pid == os.getpid() or not _pid_running(pid)
+        self.queue.heartbeat()
 
     def recover_strays(self) -> int:
-        """Requeue jobs in this worker's processing list that no consumer is
-        handling, seen so at two looks in a row (a consumer failed between
-        taking a job and handling it: Redis answered the BLMOVE too late).
-        Returns how many."""
-        listed = self.redis.lrange(self.processing, 0, -1)
-        items = {r if isinstance(r, bytes) else r.encode() for r in listed}
-        items -= self._inflight
-        stale, self._strays = items & self._strays, items - self._strays
-        for raw in stale:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.lrem(self.processing, 1, raw)  # type: ignore[arg-type]
-            pipe.rpush(keys.PUSH_QUEUE, raw)
-            pipe.execute()
-        if stale:
-            logger.warning(
-                "push worker %s: requeued %d stray jobs", self.worker_id, len(stale)
-            )
-        return len(stale)
+        """Requeue jobs of this worker's processing list that no consumer is
+        handling (see PushQueue.recover_strays). Returns how many."""
+        return self.queue.recover_strays(self._inflight)
 
     def check_flags(self) -> None:
         """Rebuild the users' device flags when Redis has lost them."""
-        if self.redis.exists(keys.PUSH_FLAGS_SYNCED):
+        if self.queue.redis.exists(keys.PUSH_FLAGS_SYNCED):
             return
         users = devices.resync_flags()
         logger.info("push: device flags rebuilt for %d users", users)
 
     def queue_depth(self) -> int:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(keys.PUSH_QUEUE)
-        pipe.zcard(keys.PUSH_RETRY)
-        pipe.zcard(keys.PUSH_DUE)
-        depth = sum(int(n) for n in pipe.execute())
+        depth = self.queue.depth()
         metrics.PUSH_QUEUE_DEPTH.set(depth)
         return depth
 
-    # ---- the queue ----------------------------------------------------------------
+    # ---- jobs ---------------------------------------------------------------------
 
     def promote(self, now: float | None = None) -> int:
         """Turn due batches into jobs and put due retries back; returns how many."""
-        return int(
-            self._promote(
-                keys=[
-                    keys.PUSH_DUE,
-                    keys.PUSH_RETRY,
-                    keys.PUSH_QUEUE,
-                    keys.PUSH_JOB_IDS,
-                ],
-                args=[
-                    time.time() if now is None else now,
-                    PROMOTE_LIMIT,
-                    keys.PUSH_PENDING_PREFIX,
-                ],
-            )
-        )
+        return self.queue.promote(now)
 
     def process_one(
         self, timeout_secs: float = 0, client: redis.Redis | None = None
@@ -340,25 +117,9 @@ class Pusher:
 
         Returns False when no job came.
         """
-        if timeout_secs <= 0:
-            raw = self.redis.lmove(keys.PUSH_QUEUE, self.processing, "RIGHT", "LEFT")
-        else:
-            if client is None:
-                if self._client is None:
-                    self._client = blocking_client(
-                        self.settings.redis_url or "", MAX_BLOCK_SECS
-                    )
-                client = self._client
-            raw = client.blmove(
-                keys.PUSH_QUEUE,
-                self.processing,
-                min(timeout_secs, MAX_BLOCK_SECS),  # type: ignore[arg-type]
-                "RIGHT",
-                "LEFT",
-            )
-        if raw is None:
+        job = self.queue.take(timeout_secs, client)
+        if job is None:
             return False
-        job = raw if isinstance(raw, bytes) else str(raw).encode()
         self._inflight.add(job)
         try:
             self.handle(job)
@@ -435,7 +196,7 @@ class Pusher:
             job, attempt=tries, device_id=device.device_id, error=result.detail
         )
         if result.outcome == "retry" and tries < self.settings.push_max_attempts:
-            delay = backoff_secs(
+            delay = retry_delay_secs(
                 tries, self.settings.push_backoff_base_secs, result.retry_after_secs
             )
             retries.append((later.to_json(), time.time() + delay))
@@ -486,36 +247,28 @@ class Pusher:
         retries: list[tuple[str, float]] | None = None,
         dead: list[str] | None = None,
     ) -> None:
-        """Take the job out of processing and file what is left, in one MULTI.
+        """Take the job out of processing and file what is left (PushQueue.finish).
 
         While Redis is down this waits for it: the job stays in the processing
         list meanwhile, so a worker stopped now leaves it to be requeued.
         """
-        backoff = 0.1
+        retry = _redis_backoff()
         while True:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.lrem(self.processing, 1, raw)  # type: ignore[arg-type]
-            if retries:
-                pipe.zadd(keys.PUSH_RETRY, dict(retries))
-            if dead:
-                pipe.lpush(keys.PUSH_DEAD, *dead)
-                pipe.ltrim(keys.PUSH_DEAD, 0, keys.PUSH_DEAD_MAX - 1)
             try:
-                pipe.execute()
+                self.queue.finish(raw, retries, dead)
                 return
             except redis.RedisError as exc:
                 metrics.REDIS_ERRORS.labels(op="push_finish").inc()
                 if self._stopping.is_set():
                     raise
                 logger.warning("push worker %s: %s; retrying", self.worker_id, exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, REDIS_BACKOFF_MAX_SECS)
+                self._stopping.wait(retry.failed())
 
     # ---- serving ------------------------------------------------------------------
 
     def run(self) -> None:
         """Serve until stop(): one maintenance loop and `concurrency` consumers."""
-        backoff = 0.1
+        retry = _redis_backoff()
         while not self._stopping.is_set():
             try:
                 requeued = self.start_up()
@@ -523,8 +276,7 @@ class Pusher:
             except (redis.RedisError, Unavailable) as exc:
                 metrics.REDIS_ERRORS.labels(op="push_start").inc()
                 logger.warning("push worker: cannot start yet: %s", exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, REDIS_BACKOFF_MAX_SECS)
+                self._stopping.wait(retry.failed())
         else:
             return
         logger.info(
@@ -553,7 +305,7 @@ class Pusher:
 
     def _maintain(self) -> None:
         next_beat = next_reap = 0.0
-        backoff = 0.1
+        retry = _redis_backoff()
         while not self._stopping.is_set():
             try:
                 now = time.monotonic()
@@ -561,18 +313,18 @@ class Pusher:
                     self.heartbeat()
                     next_beat = now + keys.PUSH_HEARTBEAT_SECS
                 if now >= next_reap:
-                    self.reap()
+                    self.queue.reap()
                     self.recover_strays()
                     self.check_flags()
                     self.queue_depth()
                     next_reap = now + REAP_EVERY_SECS
                 self.promote()
-                backoff = 0.1
+                retry.reset()
                 wait = PROMOTE_EVERY_SECS
             except (redis.RedisError, Unavailable) as exc:
                 metrics.REDIS_ERRORS.labels(op="push_maintain").inc()
                 logger.warning("push worker %s: %s", self.worker_id, exc)
-                wait, backoff = backoff, min(backoff * 2, REDIS_BACKOFF_MAX_SECS)
+                wait = retry.failed()
             except Exception:  # noqa: BLE001 - the loop must outlive any one failure
                 logger.exception("push worker %s: maintenance failed", self.worker_id)
                 wait = REDIS_BACKOFF_MAX_SECS
@@ -580,17 +332,16 @@ class Pusher:
 
     def _consume(self) -> None:
         client = blocking_client(self.settings.redis_url or "", CONSUME_BLOCK_SECS)
-        backoff = 0.1
+        retry = _redis_backoff()
         try:
             while not self._stopping.is_set():
                 try:
                     self.process_one(CONSUME_BLOCK_SECS, client)
-                    backoff = 0.1
+                    retry.reset()
                 except redis.RedisError as exc:
                     metrics.REDIS_ERRORS.labels(op="push_consume").inc()
                     logger.warning("push worker %s: %s", self.worker_id, exc)
-                    self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, REDIS_BACKOFF_MAX_SECS)
+                    self._stopping.wait(retry.failed())
         finally:
             client.close()
 

@@ -2,12 +2,15 @@
 Redis outages and graceful shutdown."""
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -158,20 +161,54 @@ def one_worker(services: Any, settings: Any, tmp_path: Path) -> Iterator[Server]
         srv.stop(signal.SIGKILL)
 
 
-def test_sigterm_answers_held_polls(one_worker: Server) -> None:
+def _idle_keep_alive_connection(server: Server) -> socket.socket:
+    """A connection that has had one answer and waits, kept alive, for more."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=10)
+    conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = conn.recv(4096)
+        assert chunk, "the server closed a fresh keep-alive connection"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" not in head.lower()
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head)[1])  # type: ignore[index]
+    while len(body) < length:
+        body += conn.recv(4096)
+    return conn
+
+
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT],
+    ids=["SIGTERM", "SIGINT", "SIGQUIT"],
+)
+def test_stop_signal_answers_held_polls_and_closes_idle_connections(
+    one_worker: Server, signum: int
+) -> None:
+    """SIGTERM is a graceful stop; SIGINT (Ctrl-C) and SIGQUIT are gunicorn's quick
+    one, which would drop held polls: all three answer them with the cursor
+    unchanged, and idle keep-alive connections are closed rather than holding
+    the worker until graceful_timeout (20 s)."""
     api = Api(one_worker.url)
     user = api.user()
     cursor = api.head(user)
     polls = [gevent.spawn(api.poll, user, cursor, 50) for _ in range(3)]
-    gevent.sleep(1.0)
-    started = time.monotonic()
-    one_worker.process.send_signal(signal.SIGTERM)
-    answers = [p.get(timeout=15) for p in polls]
-    assert time.monotonic() - started < 5
-    for answer in answers:
-        assert answer.status_code == 200
-        assert answer.json() == {"events": [], "cursor": cursor, "more": False}
-    assert one_worker.process.wait(timeout=30) == 0
+    with closing(_idle_keep_alive_connection(one_worker)) as idle:
+        gevent.sleep(1.0)
+        started = time.monotonic()
+        one_worker.process.send_signal(signum)
+        answers = [p.get(timeout=15) for p in polls]
+        assert time.monotonic() - started < 5
+        for answer in answers:
+            assert answer.status_code == 200
+            assert answer.json() == {"events": [], "cursor": cursor, "more": False}
+        assert idle.recv(4096) == b""  # closed by the server, not timed out
+    assert one_worker.process.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in one_worker.log()
 
 
 def test_one_gevent_worker_holds_many_polls_at_once(one_worker: Server) -> None:
