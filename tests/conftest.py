@@ -122,6 +122,26 @@ def services() -> Iterator[Services]:
         yield Services(servers.pg, servers.redis, root)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def production_password_hasher() -> Iterator[Any]:
+    """Sets the production Argon2id hasher aside (and yields it) while the
+    in-process app hashes at the lowest cost: each test user costs two hashes.
+    gunicorn (tests/system) runs the production cost."""
+    from argon2 import PasswordHasher
+
+    from messenger.services import accounts
+
+    production = accounts.PASSWORD_HASHER
+    patch = pytest.MonkeyPatch()
+    patch.setattr(
+        accounts,
+        "PASSWORD_HASHER",
+        PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
+    )
+    yield production
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def settings(services: Services) -> Settings:
     from messenger.cli import cmd_migrate

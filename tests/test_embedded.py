@@ -90,11 +90,17 @@ def redis_client(server: EmbeddedRedis) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=5)
 
 
-def test_free_port_can_be_listened_on() -> None:
+def test_free_port_is_free_until_a_server_listens_on_it() -> None:
+    from messenger.embedded.processes import port_is_free
+
     port = free_port()
+    assert 1024 < port < 65536
+    assert port_is_free(port)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
         sock.listen()
+        assert not port_is_free(port)
+    assert port_is_free(port)
 
 
 def test_data_survives_stop_and_start(
@@ -136,8 +142,8 @@ def test_data_survives_stop_and_start(
 def test_postgres_listens_on_loopback_tcp_only(
     folder: Path, stop_later: Callable[[Server], Server]
 ) -> None:
-    pg = stop_later(EmbeddedPostgres(folder / "postgres", free_port()))
-    assert isinstance(pg, EmbeddedPostgres)
+    pg = EmbeddedPostgres(folder / "postgres", free_port())
+    stop_later(pg)
     pg.start()
     with psycopg2.connect(pg.dsn()) as conn, conn.cursor() as cur:
         cur.execute("SHOW listen_addresses")

@@ -18,7 +18,6 @@ import pytest
 
 from messenger import logs, runtime
 from messenger.api import limits
-from messenger.services import accounts
 
 # ---- regressions found by the fuzzer -------------------------------------------
 
@@ -355,9 +354,11 @@ def test_login_does_not_reveal_whether_a_handle_exists(
     assert 0.33 < unknown_secs / known_secs < 3
 
 
-def test_password_hashing_cost_is_the_documented_one(make_user: Any) -> None:
+def test_password_hashing_cost_is_the_documented_one(
+    production_password_hasher: Any,
+) -> None:
     # services/accounts.py documents Argon2id, 19 MiB, 2 passes, 1 lane.
-    stored = accounts.PASSWORD_HASHER.hash("some password")
+    stored = production_password_hasher.hash("some password")
     assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 

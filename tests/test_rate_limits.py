@@ -161,9 +161,29 @@ def test_off_disables_every_limit(
 ) -> None:
     alice, bob = make_user(), make_user()
     cid = chat.direct(alice, bob)
+    # The defaults ("on") stop a burst of sends and of typing...
+    limits("on")
+    sends = [chat_send(client, alice, cid).status_code for _ in range(40)]
+    typing = [chat_typing(client, alice, cid).status_code for _ in range(25)]
+    assert 429 in sends and 429 in typing
+    # ...and "off" lets the same bursts through, for a user already over them.
     limits("off")
-    for _ in range(40):  # above the default of 30 per 10 s
-        chat.send(alice, cid)
+    assert {chat_send(client, alice, cid).status_code for _ in range(40)} == {201}
+    assert {chat_typing(client, alice, cid).status_code for _ in range(25)} == {204}
+
+
+def chat_send(client: Any, user: Any, conversation_id: int) -> Any:
+    return client.post(
+        f"/v1/conversations/{conversation_id}/messages",
+        headers=user.headers,
+        json={"client_msg_id": secrets.token_hex(8), "body": "burst"},
+    )
+
+
+def chat_typing(client: Any, user: Any, conversation_id: int) -> Any:
+    return client.post(
+        f"/v1/conversations/{conversation_id}/typing", headers=user.headers
+    )
 
 
 def test_redis_outage_never_blocks_a_request(

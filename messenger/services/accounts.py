@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -22,9 +23,13 @@ logger = logging.getLogger(__name__)
 # the GIL), so a login never stalls the worker's held polls.
 PASSWORD_HASHER = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
 
-# Verified against when the handle does not exist, so a login takes as long for an
-# unknown handle as for a wrong password and does not reveal which handles exist.
-_DUMMY_HASH = PASSWORD_HASHER.hash(secrets.token_hex(16))
+
+@functools.cache
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """A hash to verify against when the handle does not exist, made with the
+    hasher in use: a login then takes as long for an unknown handle as for a wrong
+    password and does not reveal which handles exist."""
+    return str(hasher.hash(secrets.token_hex(16)))
 
 
 def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
@@ -84,7 +89,7 @@ def login(handle: str, password: str) -> tuple[str, User]:
     router = runtime.get().router
     with router.directory("login_lookup", transaction=False) as cur:
         found = users.credentials(cur, handle)
-    stored = found[1] if found else _DUMMY_HASH
+    stored = found[1] if found else _dummy_hash(PASSWORD_HASHER)
     valid = _in_thread(_password_matches, stored, password) and found is not None
     if not valid or found is None:
         raise Unauthorized("Wrong handle or password.")
