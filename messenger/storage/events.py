@@ -204,12 +204,14 @@ class FanoutBatch:
     def leave(self, schema: str, conversation_id: int, user_ids: Sequence[int]) -> None:
         self._add(_LEAVE, schema, {"c": conversation_id, "leave": list(user_ids)})
 
-    def execute(self, *, commit: bool = False) -> None:
-        """Send the statements (and COMMIT, in the same round trip, if asked)."""
-        if commit:
-            self.parts.append(b"COMMIT;")
+    def sql(self) -> bytes:
+        """The statements collected, ready to send (e.g. with a COMMIT behind)."""
+        return b"\n".join(self.parts)
+
+    def execute(self) -> None:
+        """Send the statements in one round trip."""
         if self.parts:
-            self.cur.execute(b"\n".join(self.parts))
+            self.cur.execute(self.sql())
             self.parts = []
 
 
