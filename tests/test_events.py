@@ -70,7 +70,7 @@ def test_every_device_of_a_user_wakes(client: Any, make_user: Any, chat: Any) ->
     cursor = chat.drain(bob, chat.head(bob))[1]
     polls = [gevent.spawn(chat.poll, bob, cursor, 20) for _ in range(3)]
     deadline = time.monotonic() + 5
-    while len(runtime.get().hub._waiters.get(bob.id, {})) < 3:
+    while runtime.get().hub.polls_of(bob.id) < 3:
         assert time.monotonic() < deadline
         gevent.sleep(0.005)
     chat.send(alice, cid, "to all devices")

@@ -177,19 +177,15 @@ def _write(
 
 
 def _after_fanout(rows: list[OutboxRow]) -> None:
-    """Hooks that run once rows reached every stream (push notifications)."""
-    for hook in AFTER_FANOUT:
+    """Hooks that run once rows reached every stream (push notifications; the
+    composition root connects them, messenger/bootstrap.py)."""
+    for hook in runtime.get().after_fanout:
         try:
             hook(rows)
         except Exception:  # noqa: BLE001 - a hook must never undo a delivery
             logger.exception(
                 "after-fanout hook %s failed", getattr(hook, "__name__", hook)
             )
-
-
-# Callables taking the delivered outbox rows; services register themselves here
-# (e.g. push notifications for members with no live poll).
-AFTER_FANOUT: list = []  # type: ignore[type-arg]
 
 
 def fan_out_quietly(conversation_id: int) -> None:
