@@ -51,7 +51,9 @@ class PipelinedTransaction:
             # Open before executing: a failing statement leaves the transaction
             # aborted, and it must still be rolled back.
             self.is_open = True
-        self.cur.execute(b"\n".join(parts))
+        # Every statement ends with ";": unterminated, "SELECT 2" and a COMMIT
+        # behind it would read as "SELECT 2 AS commit", and nothing would commit.
+        self.cur.execute(b"\n".join(_terminated(p) for p in parts))
 
     def rollback(self) -> None:
         """End an open transaction after a failure; harmless if none is open."""
@@ -64,6 +66,11 @@ class PipelinedTransaction:
             self.cur.execute("ROLLBACK")
         except psycopg2.Error:
             self.cur.connection.close()  # state unknown: the pool discards it
+
+
+def _terminated(statement: bytes) -> bytes:
+    statement = statement.rstrip()
+    return statement if statement.endswith(b";") else statement + b";"
 
 
 @contextmanager
