@@ -350,11 +350,13 @@ def test_fan_out_replayed_by_the_sweep_command_queues_a_push(
     cid = chat.direct(alice, bob)
     # A send whose process died after the commit, before its fan-out.
     router = runtime.get().router
-    with router.on_conversation(cid, "send_message", transaction=False) as cur:
-        with pipelined_transaction(cur) as tx:
-            stored = messages.store(tx, cid, alice.id, "crashed-1", "replay me")
-            assert stored is not None
-            messages.queue_fanout_and_commit(tx, stored)
+    with (
+        router.on_conversation(cid, "send_message", transaction=False) as cur,
+        pipelined_transaction(cur) as tx,
+    ):
+        stored = messages.store(tx, cid, alice.id, "crashed-1", "replay me")
+        assert stored is not None
+        messages.queue_fanout_and_commit(tx, stored)
     assert redis.zscore(keys.PUSH_DUE, f"{bob.id}:{cid}") is None
 
     env = dict(os.environ)
