@@ -68,15 +68,9 @@ class Background:
         self.tracker.announcers.kill(timeout=STOP_TIMEOUT_SECS)
 
 
-_started: Background | None = None
-
-
 def start(rt: Runtime) -> Background:
     """Start this worker's dispatcher, sweeper and presence tracker, and connect
-    the poll hooks to the tracker (stopping the work of an earlier start)."""
-    global _started
-    if _started is not None:
-        _started.stop()
+    the poll hooks to the tracker. Once per runtime; stop() undoes it."""
     dispatcher = Dispatcher(
         rt.settings.redis_url or "", rt.worker_id, rt.hub, rt.registry
     )
@@ -93,5 +87,4 @@ def start(rt: Runtime) -> Background:
         tracker,
         [gevent.spawn(sweeper.run), gevent.spawn(tracker.run)],
     )
-    _started = background
     return background
