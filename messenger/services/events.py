@@ -51,7 +51,7 @@ def head(user_id: int) -> str:
         found = store.head(cur, user_id)
     if found is None:
         raise Unavailable("This account's event stream is not ready; try again.")
-    return str(found[0])
+    return str(found)
 
 
 def poll(
