@@ -12,7 +12,7 @@ from flask import Flask, Response, g, request
 from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from messenger import logs, metrics, runtime
+from messenger import bootstrap, logs, metrics
 from messenger.api import cors, limits, register_blueprints
 from messenger.errors import install_error_handlers
 from messenger.settings import Settings, load
@@ -35,16 +35,14 @@ _PAGE_CSP = (
 )
 
 
-def create_app(
-    settings: Settings | None = None, *, start_background: bool = True
-) -> Flask:
-    """Build the app and this process's runtime (pools, Redis, hub, dispatcher)."""
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app and this process's runtime (pools, Redis, hub, hooks).
+
+    Starts nothing: the caller starts the background work (bootstrap.start).
+    """
     settings = settings or load()
     logs.setup(settings.log_level, settings.log_json)
-    rt = runtime.build(settings)
-    runtime.install(rt)
-    if start_background:
-        rt.start_background()
+    rt = bootstrap.build(settings)
 
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

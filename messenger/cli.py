@@ -53,11 +53,11 @@ def cmd_migrate(settings: Settings) -> int:
 
 
 def _runtime(settings: Settings):  # type: ignore[no-untyped-def]
-    from messenger import runtime
+    """The runtime with the same hooks as the server's (a replayed fan-out
+    queues its pushes); no background work."""
+    from messenger import bootstrap
 
-    rt = runtime.build(settings)
-    runtime.install(rt)
-    return rt
+    return bootstrap.build(settings)
 
 
 def cmd_sweep(settings: Settings) -> int:

@@ -50,15 +50,16 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Event:
-    """A stored event (event_id set) or an ephemeral one (event_id None).
+    """A stored event of a user's stream. Ephemeral events (presence, typing) are
+    never stored and never Events: they travel as the dicts API.md shows.
 
-    `fields` holds the event's top-level fields of API.md other than id and type,
-    already in their JSON form.
+    `fields` holds the event's top-level fields of API.md other than id and type:
+    {"message": Message} for a message event, the stored JSON payload otherwise.
     """
 
     type: str
+    event_id: int
     fields: dict[str, Any] = field(default_factory=dict)
-    event_id: int | None = None
 
 
 @dataclass(frozen=True)

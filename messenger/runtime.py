@@ -1,7 +1,9 @@
 """The per-process objects every layer shares: settings, shard router, Redis, hub.
 
-`create_app` builds one Runtime per process (gunicorn builds it in each worker
-after the fork). Services reach it through `get()`, never through Flask.
+A leaf: it imports no service and no worker. The composition root
+(messenger/bootstrap.py) builds one Runtime per process (gunicorn: in each worker,
+after the fork), connects its hooks and starts its background work. Services
+reach it through `get()`, never through Flask.
 """
 
 from __future__ import annotations
@@ -10,19 +12,24 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 
 from messenger.realtime.connections import shared_client
-from messenger.realtime.dispatcher import Dispatcher
 from messenger.realtime.hub import Hub
 from messenger.realtime.wakeups import Registry, Waker
 from messenger.settings import Settings
 from messenger.storage import green
+from messenger.storage.events import OutboxRow
 from messenger.storage.router import Router
 
 logger = logging.getLogger(__name__)
+
+# Called with the outbox rows that just reached every recipient's stream (push
+# notifications); what they return is ignored, what they raise is logged.
+AfterFanout = Callable[[list[OutboxRow]], object]
 
 
 @dataclass
@@ -34,28 +41,11 @@ class Runtime:
     hub: Hub
     registry: Registry
     waker: Waker
-    dispatcher: Dispatcher | None = None
-    started: bool = False
-
-    def start_background(self) -> None:
-        """Start this worker's dispatcher, sweeper and presence greenlets (once)."""
-        if self.started:
-            return
-        self.started = True
-        self.dispatcher = Dispatcher(
-            self.settings.redis_url or "", self.worker_id, self.hub, self.registry
-        )
-        self.dispatcher.start()
-        from messenger.workers import sweeper
-
-        sweeper.start_in_background(self)
-        from messenger.services import presence
-
-        presence.start_in_background(self)
+    after_fanout: list[AfterFanout] = field(default_factory=list)
 
     def close(self) -> None:
-        if self.dispatcher:
-            self.dispatcher.stop()
+        """Close the database pools and the Redis pool (background work is the
+        composition root's to stop)."""
         self.router.close()
         self.redis.close()
 
@@ -64,6 +54,7 @@ _current: Runtime | None = None
 
 
 def build(settings: Settings) -> Runtime:
+    """This process's runtime, with no hooks connected and nothing started."""
     green.install()
     router = Router.from_settings(settings)
     if not settings.redis_url:
@@ -72,11 +63,14 @@ def build(settings: Settings) -> Runtime:
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     hub = Hub(max_polls_per_user=settings.max_polls_per_user)
     registry = Registry(client, worker_id, hub)
+    # A held poll registers in Redis through its hub (Hub.listen).
+    hub.register = registry.ensure
     waker = Waker(client, worker_id, hub)
     return Runtime(settings, router, client, worker_id, hub, registry, waker)
 
 
 def install(runtime: Runtime) -> None:
+    """Make `runtime` this process's current one (closing an earlier one)."""
     global _current
     if _current is not None and _current is not runtime:
         _current.close()

@@ -152,10 +152,13 @@ def settings(services: Services) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def app(settings: Settings) -> Any:
-    from messenger import create_app
+def app(settings: Settings) -> Iterator[Any]:
+    from messenger import bootstrap, create_app
 
-    return create_app(settings)
+    app = create_app(settings)
+    background = bootstrap.start(app.extensions["messenger"])
+    yield app
+    background.stop()
 
 
 @pytest.fixture

@@ -1,9 +1,13 @@
 """The long poll: immediate answers, held polls, cursors, more, retention."""
 
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import pytest
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -70,7 +74,7 @@ def test_every_device_of_a_user_wakes(client: Any, make_user: Any, chat: Any) ->
     cursor = chat.drain(bob, chat.head(bob))[1]
     polls = [gevent.spawn(chat.poll, bob, cursor, 20) for _ in range(3)]
     deadline = time.monotonic() + 5
-    while len(runtime.get().hub._waiters.get(bob.id, {})) < 3:
+    while runtime.get().hub.polls_of(bob.id) < 3:
         assert time.monotonic() < deadline
         gevent.sleep(0.005)
     chat.send(alice, cid, "to all devices")
@@ -159,13 +163,49 @@ def test_trimmed_cursor_is_410(
     assert [m["body"] for m in history["messages"]] == ["old news"]
 
 
-def test_client_gone_leaves_the_hub(client: Any, make_user: Any, chat: Any) -> None:
+class _GunicornLikeHandler(WSGIHandler):
+    """Hands the app the client's socket the way gunicorn's gevent worker does."""
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        environ["gunicorn.socket"] = self.socket
+        return environ
+
+
+@pytest.fixture
+def served(app: Any) -> Iterator[tuple[str, int]]:
+    """The app on a real loopback socket (the test client has none to close)."""
+    server = WSGIServer(
+        ("127.0.0.1", 0),
+        app,
+        handler_class=_GunicornLikeHandler,
+        log=None,
+        error_log=None,
+    )
+    server.start()
+    try:
+        yield server.address
+    finally:
+        server.stop(timeout=1)
+
+
+def test_client_hanging_up_releases_its_held_poll(
+    served: tuple[str, int], make_user: Any, chat: Any
+) -> None:
     user = make_user()
     cursor = chat.head(user)
-    waiting = gevent.spawn(chat.poll, user, cursor, 20)
+    client_socket = socket.create_connection(served, timeout=5)
+    client_socket.sendall(
+        f"GET /v1/events?after={cursor}&timeout=30 HTTP/1.1\r\n"
+        f"Host: localhost\r\nAuthorization: Bearer {user.token}\r\n\r\n".encode()
+    )
     wait_until_held(user.id)
-    waiting.kill(block=True, timeout=5)
-    assert not runtime.get().hub.is_holding(user.id)
+    client_socket.close()
+    # Released by the hang-up, not by the poll's 30 s deadline.
+    deadline = time.monotonic() + 3
+    while runtime.get().hub.is_holding(user.id):
+        assert time.monotonic() < deadline, "the poll outlived its client"
+        gevent.sleep(0.01)
 
 
 @settings(

@@ -331,6 +331,53 @@ def test_send_survives_redis_trouble(
     assert queue_is_empty(redis)
 
 
+def test_fan_out_replayed_by_the_sweep_command_queues_a_push(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    redis: Any,
+    push_settings: Any,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`messenger sweep` is wired like the server: its replays push too."""
+    from messenger.storage import messages
+    from messenger.storage.transaction import pipelined_transaction
+    from messenger.workers import sweeper
+
+    # This worker's own sweep loop would replay the row first: pause it.
+    monkeypatch.setattr(sweeper, "sweep_once", lambda *args, **kwargs: 0)
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, "http://127.0.0.1:9/bob")
+    cid = chat.direct(alice, bob)
+    # A send whose process died after the commit, before its fan-out.
+    router = runtime.get().router
+    with (
+        router.on_conversation(cid, "send_message", transaction=False) as cur,
+        pipelined_transaction(cur) as tx,
+    ):
+        stored = messages.store(tx, cid, alice.id, "crashed-1", "replay me")
+        assert stored is not None
+        messages.queue_fanout_and_commit(tx, stored)
+    assert redis.zscore(keys.PUSH_DUE, f"{bob.id}:{cid}") is None
+
+    env = dict(os.environ)
+    env.update(services.env())
+    done = subprocess.run(
+        [sys.executable, "-m", "messenger", "sweep"],
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"sweep: finished" in done.stdout
+    assert b"sweep: finished 0 " not in done.stdout
+    assert redis.zscore(keys.PUSH_DUE, f"{bob.id}:{cid}") is not None
+    [pending] = redis.lrange(keys.push_pending(bob.id, cid), 0, -1)
+    assert json.loads(pending)["body"] == "replay me"
+
+
 # ---- coalescing -----------------------------------------------------------------
 
 

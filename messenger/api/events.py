@@ -8,7 +8,6 @@ from flask import Blueprint, g, request
 
 from messenger import runtime
 from messenger.api.auth import authenticated
-from messenger.realtime.hangup import watch_hangup
 from messenger.schemas.base import load
 from messenger.schemas.events import event_json, events_query
 from messenger.services import events
@@ -28,13 +27,13 @@ def poll() -> Any:
     )
     if "after" not in query:
         return {"events": [], "cursor": events.head(g.user_id), "more": False}
-    sock = request.environ.get("gunicorn.socket")
     result = events.poll(
         g.user_id,
         int(query["after"]),
         timeout_secs=query["timeout"],
         limit=query["limit"],
-        watch=(lambda waiter: watch_hangup(sock, waiter)) if sock else None,
+        # gunicorn exposes the client's socket: a hang-up then ends the poll.
+        sock=request.environ.get("gunicorn.socket"),
     )
     body = {
         "events": [event_json(e) for e in result.events] + result.ephemeral,

@@ -91,7 +91,8 @@ class Dispatcher:
                 gevent.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX_SECS)
             finally:
-                client.close()
+                # close() leaves a pool it was given open: its socket would leak.
+                client.connection_pool.disconnect()
 
     def _pop(self, client: redis.Redis, key: str) -> list[bytes]:
         """Wait for wake-ups; a batch of them in one round trip (BLMPOP, Redis 7).

@@ -2,8 +2,8 @@
 
 A WSGI app only learns of a closed connection when it writes. A held poll would
 otherwise keep its hub entry until its deadline; instead an I/O watcher on the
-client socket (no greenlet, no timer) releases the waiter as soon as the peer
-closes.
+client socket (no greenlet, no timer) calls back as soon as the peer closes.
+Hub.listen uses it; nothing else needs to.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from collections.abc import Callable
 
 import gevent
 
-from messenger.realtime.hub import CLIENT_GONE, Waiter
-
 logger = logging.getLogger(__name__)
 
 _READ = 1
 
 
-def watch_hangup(sock: socket.socket, waiter: Waiter) -> Callable[[], None]:
-    """Release `waiter` when the client closes `sock`; returns a stop function."""
+def watch_hangup(
+    sock: socket.socket, on_hangup: Callable[[], None]
+) -> Callable[[], None]:
+    """Call `on_hangup` (in the event loop: it must not block) when the client
+    closes `sock`; returns a function that stops watching."""
     try:
         fileno = sock.fileno()
     except OSError:
@@ -46,8 +47,7 @@ def watch_hangup(sock: socket.socket, waiter: Waiter) -> Callable[[], None]:
             data = b""
         watcher.stop()
         if data == b"":
-            waiter.released = CLIENT_GONE
-            waiter.event.set()
+            on_hangup()
         # Otherwise the client pipelined its next request: leave it for the server.
 
     watcher.start(readable)

@@ -1,20 +1,24 @@
 """The per-worker hub: user_id → the polls of that user waiting on this worker.
 
-A poll joins, reads the database, waits, re-reads, and leaves on every exit path.
-Wake-ups carry user ids only (plus ephemeral events, which are never stored); the
-database stays the truth. The hub takes a clock so tests can move time.
+A poll is `with hub.listen(user_id, sock) as waiter:` — it joins before reading
+the database, waits, re-reads, and leaves on every exit path. Wake-ups carry user
+ids only (plus ephemeral events, which are never stored); the database stays the
+truth. The hub takes a clock so tests can move time.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent.event
 
 from messenger import metrics
+from messenger.realtime.hangup import watch_hangup
 
 logger = logging.getLogger(__name__)
 
@@ -23,41 +27,93 @@ SUPERSEDED = "superseded"  # the user opened more polls than allowed
 SHUTDOWN = "shutdown"  # the worker is stopping: answer now, the client re-polls
 CLIENT_GONE = "client_gone"
 
+# While Redis is unreachable (or this poll could not register there), wake-ups
+# cannot arrive: a held poll re-reads the database this often instead.
+DEGRADED_RECHECK_SECS = 1.0
+
 
 class Waiter:
-    """One held poll. `event` is set when there is something to look at."""
+    """One held poll, as its service sees it: wait, re-arm, take ephemeral events.
+
+    Only the hub and the hang-up watcher change its state.
+    """
 
     __slots__ = (
+        "hub",
         "user_id",
-        "event",
-        "ephemeral",
-        "released",
-        "joined_at",
-        "stored_wake",
+        "_event",
+        "_ephemeral",
+        "_released",
+        "_stored_wake",
+        "_registered",
         "__weakref__",
     )
 
-    def __init__(self, user_id: int, joined_at: float) -> None:
+    def __init__(self, hub: Hub, user_id: int) -> None:
+        self.hub = hub
         self.user_id = user_id
-        self.event = gevent.event.Event()
-        self.ephemeral: list[dict[str, Any]] | None = None
-        self.released: str | None = None
-        self.joined_at = joined_at
+        self._event = gevent.event.Event()
+        self._ephemeral: list[dict[str, Any]] | None = None
+        self._released: str | None = None
         # True once woken for stored events (not only ephemeral ones).
-        self.stored_wake = False
+        self._stored_wake = False
+        # Whether senders on other workers can find this poll (Registry.ensure).
+        self._registered = False
+
+    @property
+    def released(self) -> str | None:
+        """Why the poll must answer now (SUPERSEDED, SHUTDOWN, CLIENT_GONE), or None."""
+        return self._released
 
     def wait(self, timeout_secs: float) -> bool:
-        """Block this greenlet until woken or the timeout; True when woken."""
-        return self.event.wait(max(0.0, timeout_secs))
+        """Block this greenlet until woken or the timeout; True when woken.
+
+        While wake-ups can't be trusted (Redis down, or this poll not registered
+        there) the wait is cut to DEGRADED_RECHECK_SECS, so the caller re-reads.
+        """
+        if not self._registered and self.hub.redis_ok:
+            self._registered = self.hub.register(self.user_id)
+        if not (self._registered and self.hub.redis_ok):
+            timeout_secs = min(timeout_secs, DEGRADED_RECHECK_SECS)
+        return self._event.wait(max(0.0, timeout_secs))
+
+    def linger(self, secs: float) -> None:
+        """Wait up to secs for more ephemeral events; stop early for stored ones
+        (or a release)."""
+        end = self.hub.clock() + secs
+        while not self._stored_wake and self._released is None:
+            left = end - self.hub.clock()
+            if left <= 0:
+                return
+            self._event.clear()
+            self._event.wait(left)
 
     def rearm(self) -> None:
         """Clear the wake flags before re-reading, so a wake during the read counts."""
-        self.event.clear()
-        self.stored_wake = False
+        self._event.clear()
+        self._stored_wake = False
 
     def take_ephemeral(self) -> list[dict[str, Any]]:
-        items, self.ephemeral = self.ephemeral or [], None
+        items, self._ephemeral = self._ephemeral or [], None
         return items
+
+    # -- the hub's side ------------------------------------------------------------
+
+    def _wake(self, ephemeral: dict[str, Any] | None) -> None:
+        if ephemeral is not None:
+            if self._ephemeral is None:
+                self._ephemeral = []
+            self._ephemeral.append(ephemeral)
+        else:
+            self._stored_wake = True
+        self._event.set()
+
+    def _release(self, reason: str) -> None:
+        self._released = reason
+        self._event.set()
+
+
+PollHook = Callable[[int], None]
 
 
 class Hub:
@@ -68,11 +124,17 @@ class Hub:
         *,
         max_polls_per_user: int = 8,
         clock: Callable[[], float] = time.monotonic,
-        on_first_join: Callable[[int], None] | None = None,
-        on_last_leave: Callable[[int], None] | None = None,
+        register: Callable[[int], bool] | None = None,
     ) -> None:
         self.clock = clock
         self.max_polls_per_user = max_polls_per_user
+        # Records in Redis that this worker holds a user's polls; False when Redis
+        # did not answer. The runtime connects Registry.ensure here.
+        self.register: Callable[[int], bool] = register or (lambda user_id: True)
+        # Called with the user id when a poll starts and when it ends (presence).
+        # They run on the poll's path: they must not block; a raise is logged.
+        self.on_poll_start: list[PollHook] = []
+        self.on_poll_end: list[PollHook] = []
         # dict, not set: insertion order finds the oldest poll of a user.
         self._waiters: dict[int, dict[Waiter, None]] = {}
         self._count = 0
@@ -80,20 +142,53 @@ class Hub:
         # False while the dispatcher cannot reach Redis: waiters then re-read the
         # database on a short interval instead of trusting wake-ups.
         self.redis_ok = True
-        self.on_first_join = on_first_join
-        self.on_last_leave = on_last_leave
 
     # -- polls -------------------------------------------------------------------
 
+    @contextmanager
+    def listen(
+        self, user_id: int, sock: socket.socket | None = None, *, hold: bool = True
+    ) -> Iterator[Waiter]:
+        """One poll of user_id, from before its first read to its answer.
+
+        Joins the hub (so a wake between the read and the wait still counts) and
+        runs the poll-start hooks; when the poll may be held (`hold`), registers
+        it in Redis and, given the client's socket, releases it as soon as the
+        client hangs up. On every exit all of it is undone: the watch stops, the
+        poll leaves the hub and the poll-end hooks run.
+        """
+        waiter = self.join(user_id)
+        stop_watching: Callable[[], None] | None = None
+        self._notify(self.on_poll_start, user_id)
+        try:
+            if hold:
+                waiter._registered = self.register(user_id)
+                if sock is not None:
+                    stop_watching = watch_hangup(
+                        sock, lambda: waiter._release(CLIENT_GONE)
+                    )
+            yield waiter
+        finally:
+            if stop_watching is not None:
+                stop_watching()
+            self.leave(waiter)
+            self._notify(self.on_poll_end, user_id)
+
+    def note_instant_poll(self, user_id: int) -> None:
+        """A poll answered without joining (no cursor): its start and end hooks."""
+        self._notify(self.on_poll_start, user_id)
+        self._notify(self.on_poll_end, user_id)
+
     def join(self, user_id: int) -> Waiter:
-        """Register a poll before it reads the database, so no wake is lost."""
-        waiter = Waiter(user_id, self.clock())
+        """Register a poll before it reads the database, so no wake is lost.
+
+        Prefer listen(), which also leaves.
+        """
+        waiter = Waiter(self, user_id)
         if self.draining:
-            waiter.released = SHUTDOWN
-            waiter.event.set()
+            waiter._release(SHUTDOWN)
             return waiter
         polls = self._waiters.get(user_id)
-        first = polls is None
         if polls is None:
             polls = self._waiters[user_id] = {}
         while len(polls) >= self.max_polls_per_user:
@@ -102,8 +197,6 @@ class Hub:
         polls[waiter] = None
         self._count += 1
         metrics.HELD_POLLS.inc()
-        if first and self.on_first_join:
-            self.on_first_join(user_id)
         return waiter
 
     def leave(self, waiter: Waiter) -> None:
@@ -116,13 +209,17 @@ class Hub:
         metrics.HELD_POLLS.dec()
         if not polls:
             del self._waiters[waiter.user_id]
-            if self.on_last_leave:
-                self.on_last_leave(waiter.user_id)
 
     def _release(self, waiter: Waiter, reason: str) -> None:
-        waiter.released = reason
-        waiter.event.set()
+        waiter._release(reason)
         self.leave(waiter)
+
+    def _notify(self, hooks: list[PollHook], user_id: int) -> None:
+        for hook in hooks:
+            try:
+                hook(user_id)
+            except Exception:  # noqa: BLE001 - presence must never break a poll
+                logger.exception("poll hook failed for user %s", user_id)
 
     # -- wake-ups ----------------------------------------------------------------
 
@@ -132,21 +229,14 @@ class Hub:
         if not polls:
             return 0
         for waiter in polls:
-            if ephemeral is not None:
-                if waiter.ephemeral is None:
-                    waiter.ephemeral = []
-                waiter.ephemeral.append(ephemeral)
-            else:
-                waiter.stored_wake = True
-            waiter.event.set()
+            waiter._wake(ephemeral)
         return len(polls)
 
     def wake_all(self) -> None:
         """Wake every poll (after a Redis outage: wake-ups may have been missed)."""
         for polls in list(self._waiters.values()):
             for waiter in polls:
-                waiter.stored_wake = True
-                waiter.event.set()
+                waiter._wake(None)
 
     def drain(self) -> None:
         """Answer every held poll now and refuse new ones (graceful shutdown)."""
@@ -162,6 +252,10 @@ class Hub:
 
     def is_holding(self, user_id: int) -> bool:
         return user_id in self._waiters
+
+    def polls_of(self, user_id: int) -> int:
+        """How many polls of user_id this worker holds."""
+        return len(self._waiters.get(user_id, ()))
 
     def __len__(self) -> int:
         return self._count

@@ -9,9 +9,6 @@ CONN_REFRESH_SECS = 20
 CONN_TTL_SECS = 60
 # A dead worker's wake list expires this long after the last push to it.
 WAKE_LIST_TTL_SECS = 60
-# Bound on a wake list, in case its worker is stuck: a dropped wake costs a poll
-# at most its timeout (the database stays the truth), never an event.
-WAKE_LIST_MAX = 100_000
 
 
 def wake_list(worker_id: str) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from messenger import metrics, runtime
 from messenger.models import Message
@@ -18,6 +20,8 @@ from messenger.storage import events as event_store
 from messenger.storage.events import FanoutBatch, OutboxRow
 from messenger.storage.pools import ShardCursor
 from messenger.storage.router import Router
+from messenger.storage.shards import ShardMap, schema_name
+from messenger.storage.transaction import PipelinedTransaction
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +44,13 @@ def fan_out(conversation_id: int) -> int:
         rows = event_store.pending_outbox(cur, conversation_id)
         if not rows:
             return 0
-        plan = _plan(router, rows)
+        plan = _by_database(router, rows)
         for dsn in sorted(plan):
             if dsn == conv_dsn:
-                _write(cur, plan[dsn], rows)
+                _write(router, cur, plan[dsn], rows)
             else:
                 with router.on_dsn(dsn, "fanout_remote") as remote:
-                    _write(remote, plan[dsn], rows)
+                    _write(router, remote, plan[dsn], rows)
         cur.schema = router.schema_of(conversation_id)
         event_store.delete_outbox(cur, [r.outbox_id for r in rows])
     recipients = {u for r in rows for u in r.recipients}
@@ -56,43 +60,65 @@ def fan_out(conversation_id: int) -> int:
     return len(rows)
 
 
-def commit_with_fanout(
-    cur: ShardCursor, message: Message, recipients: list[int]
-) -> bool:
-    """Write a just-stored message into every member's stream and commit, all in
-    the sender's transaction, when every member's shard shares the
-    conversation's database. Returns False (nothing written, nothing committed)
-    otherwise: the caller then queues it in the outbox.
+@dataclass(frozen=True)
+class InlinePlan:
+    """A message's fan-out written in its sender's transaction: each shard schema
+    of the conversation's database with its recipients, in lock order."""
 
-    The conversation's row lock, held since the seq bump, keeps fan-outs of one
-    conversation in seq order; user counters are locked in one global order.
+    by_schema: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def plan_inline(
+    shard_map: ShardMap, conversation_id: int, recipients: Iterable[int]
+) -> InlinePlan | None:
+    """Whether a just-stored message's fan-out can go inline: when every
+    recipient's shard shares the conversation's database, the plan of the writes;
+    None otherwise (the fan-out then goes through the outbox).
+
+    Schemas come in sorted order, each locking its users in id order: one global
+    lock order, so concurrent fan-outs can't deadlock.
     """
-    router = runtime.get().router
-    conv_dsn = router.dsn_of(message.conversation_id)
+    conv_dsn = shard_map.dsn_of_shard(shard_map.shard_of(conversation_id))
     by_schema: dict[str, list[int]] = defaultdict(list)
     for user_id in recipients:
-        if router.dsn_of(user_id) != conv_dsn:
-            return False
-        by_schema[router.schema_of(user_id)].append(user_id)
-    batch = FanoutBatch(cur)
-    # Schemas in sorted order, each locking its users in id order: one global
-    # lock order, so concurrent fan-outs can't deadlock.
-    for schema in sorted(by_schema):
-        batch.message(schema, by_schema[schema], message)
-    batch.execute(commit=True)
-    return True
+        shard = shard_map.shard_of(user_id)
+        if shard_map.dsn_of_shard(shard) != conv_dsn:
+            return None
+        by_schema[schema_name(shard)].append(user_id)
+    return InlinePlan(
+        tuple(
+            (schema, tuple(sorted(by_schema[schema]))) for schema in sorted(by_schema)
+        )
+    )
 
 
-def after_commit(message: Message, recipients: list[int]) -> None:
-    """Wake the members and run the after-fan-out hooks (push) for one message."""
-    runtime.get().waker.wake_users(sorted(set(recipients)))
+def write_inline_and_commit(
+    tx: PipelinedTransaction, message: Message, plan: InlinePlan
+) -> None:
+    """Write a just-stored message into every recipient's stream and commit, in
+    the sender's transaction and one round trip.
+
+    The conversation's row lock, held since the seq bump, keeps fan-outs of one
+    conversation in seq order.
+    """
+    batch = FanoutBatch(tx.cur)
+    for schema, user_ids in plan.by_schema:
+        batch.message(schema, user_ids, message)
+    tx.commit(batch.sql())
+
+
+def after_commit(message: Message, recipients: Iterable[int]) -> None:
+    """Wake the members and run the after-fan-out hooks (push) for one message
+    whose fan-out was committed inline."""
+    ids = sorted(set(recipients))
+    runtime.get().waker.wake_users(ids)
     _after_fanout(
         [
             OutboxRow(
                 0,
                 message.conversation_id,
                 "message",
-                tuple(recipients),
+                tuple(ids),
                 {},
                 message.created_at,
                 message,
@@ -101,7 +127,9 @@ def after_commit(message: Message, recipients: list[int]) -> None:
     )
 
 
-def _plan(router: Router, rows: list[OutboxRow]) -> dict[str, dict[str, set[int]]]:
+def _by_database(
+    router: Router, rows: list[OutboxRow]
+) -> dict[str, dict[str, set[int]]]:
     """dsn → schema → recipients, over all rows."""
     plan: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     for row in rows:
@@ -111,9 +139,11 @@ def _plan(router: Router, rows: list[OutboxRow]) -> dict[str, dict[str, set[int]
 
 
 def _write(
-    cur: ShardCursor, schemas: dict[str, set[int]], rows: list[OutboxRow]
+    router: Router,
+    cur: ShardCursor,
+    schemas: dict[str, set[int]],
+    rows: list[OutboxRow],
 ) -> None:
-    router = runtime.get().router
     batch = FanoutBatch(cur)
     for schema in sorted(schemas):
         batch.lock(schema, sorted(schemas[schema]))
@@ -147,19 +177,15 @@ def _write(
 
 
 def _after_fanout(rows: list[OutboxRow]) -> None:
-    """Hooks that run once rows reached every stream (push notifications)."""
-    for hook in AFTER_FANOUT:
+    """Hooks that run once rows reached every stream (push notifications; the
+    composition root connects them, messenger/bootstrap.py)."""
+    for hook in runtime.get().after_fanout:
         try:
             hook(rows)
         except Exception:  # noqa: BLE001 - a hook must never undo a delivery
             logger.exception(
                 "after-fanout hook %s failed", getattr(hook, "__name__", hook)
             )
-
-
-# Callables taking the delivered outbox rows; services register themselves here
-# (e.g. push notifications for members with no live poll).
-AFTER_FANOUT: list = []  # type: ignore[type-arg]
 
 
 def fan_out_quietly(conversation_id: int) -> None:

@@ -9,6 +9,7 @@ from messenger.errors import NotFound
 from messenger.models import Message
 from messenger.services import fanout
 from messenger.storage import messages as store
+from messenger.storage.transaction import pipelined_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -29,36 +30,37 @@ def send(
         NotFound: no such conversation, or the sender is not a member.
     """
     router = runtime.get().router
-    inline = False
     with router.on_conversation(
         conversation_id, "send_message", transaction=False
     ) as cur:
         try:
-            stored = store.begin_send(
-                cur, conversation_id, sender_id, client_msg_id, body
-            )
-            if stored is None:
-                store.rollback(cur)
-                raise NotFound("No such conversation.")
-            message, recipients, has_queued = stored
-            if not has_queued:
-                inline = fanout.commit_with_fanout(cur, message, recipients)
-            if not inline:
-                store.queue_and_commit(cur, message, recipients)
+            # Two round trips: store the message; then write its fan-out (or
+            # queue it) and commit.
+            with pipelined_transaction(cur) as tx:
+                stored = store.store(
+                    tx, conversation_id, sender_id, client_msg_id, body
+                )
+                if stored is None:
+                    raise NotFound("No such conversation.")
+                plan = None
+                if not stored.has_queued_fanout:
+                    plan = fanout.plan_inline(
+                        router.shard_map, conversation_id, stored.recipients
+                    )
+                if plan is None:
+                    store.queue_fanout_and_commit(tx, stored)
+                else:
+                    fanout.write_inline_and_commit(tx, stored.message, plan)
         except store.DuplicateClientMsgId:
-            store.rollback(cur)
             existing = store.existing(cur, conversation_id, sender_id, client_msg_id)
             if existing is None:  # pragma: no cover - the unique key says it exists
                 raise
             return existing, False
-        except BaseException:
-            store.rollback(cur)
-            raise
-    if inline:
-        fanout.after_commit(message, recipients)
-    else:
+    if plan is None:
         fanout.fan_out_quietly(conversation_id)
-    return message, True
+    else:
+        fanout.after_commit(stored.message, stored.recipients)
+    return stored.message, True
 
 
 def history(
@@ -85,9 +87,9 @@ def history(
         )
     if found is None:
         raise NotFound("No such conversation.")
-    last_seq, page = found
+    page = found.messages
     if not page:
         return [], None, None
     next_before = page[0].seq if page[0].seq > 1 else None
-    next_after = page[-1].seq if page[-1].seq < last_seq else None
+    next_after = page[-1].seq if page[-1].seq < found.last_seq else None
     return page, next_before, next_after

@@ -37,7 +37,6 @@ from messenger.errors import Unavailable
 from messenger.realtime.presence import PresenceBoard
 from messenger.runtime import Runtime
 from messenger.schemas.base import format_time
-from messenger.services import events
 from messenger.storage import peers as peer_store
 
 logger = logging.getLogger(__name__)
@@ -210,24 +209,15 @@ class Tracker:
         self.kick.set()
 
 
+# This worker's tracker, set by the composition root (messenger/bootstrap.py): the
+# online checks count the polls it has noted but not yet written to Redis.
 _tracker: Tracker | None = None
 
 
-def _on_poll(user_id: int) -> None:
-    if _tracker is not None:
-        _tracker.note(user_id)
-
-
-def start_in_background(rt: Runtime) -> gevent.Greenlet:
-    """Start this worker's tracker (replacing one of an earlier runtime)."""
+def use_tracker(tracker: Tracker | None) -> None:
+    """Make `tracker` the one whose notes the online checks read (None: none)."""
     global _tracker
-    if _tracker is not None:
-        _tracker.stop()
-    _tracker = Tracker(rt, PresenceBoard(rt.redis))
-    for hooks in (events.ON_POLL_START, events.ON_POLL_END):
-        if _on_poll not in hooks:
-            hooks.append(_on_poll)
-    return gevent.spawn(_tracker.run)
+    _tracker = tracker
 
 
 def tracker() -> Tracker | None:

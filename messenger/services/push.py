@@ -1,8 +1,9 @@
 """Push notifications for members with no live poll: who gets one, and queueing it.
 
-After a fan-out (services/fanout.AFTER_FANOUT), each message is queued for every
-member other than its sender who may have devices and is not online. Messages to
-one member in one conversation are coalesced: the first schedules a batch due
+After a fan-out (`enqueue`, an after-fan-out hook connected by
+messenger/bootstrap.py), each message is queued for every member other than its
+sender who may have devices and is not online. Messages to one member in one
+conversation are coalesced: the first schedules a batch due
 `push_coalesce_secs` later, the next ones join it, and the push worker
 (workers/pusher.py) turns the due batch into one job and one push per device.
 
@@ -26,7 +27,7 @@ from messenger.models import Message
 from messenger.realtime import keys
 from messenger.realtime.presence import PresenceBoard
 from messenger.schemas.messages import message_json
-from messenger.services import fanout, presence
+from messenger.services import presence
 from messenger.settings import Settings
 from messenger.storage.events import OutboxRow
 
@@ -94,7 +95,7 @@ def build_push(
 
 
 def enqueue(rows: list[OutboxRow]) -> int:
-    """Queue pushes for the messages among rows (an AFTER_FANOUT hook).
+    """Queue pushes for the messages among rows (an after-fan-out hook).
 
     Returns how many (member, conversation) batches were added to. Never raises.
     """
@@ -152,6 +153,3 @@ def _add(
         pipe.expire(key, keys.PUSH_PENDING_TTL_SECS)
         pipe.zadd(keys.PUSH_DUE, {f"{user_id}:{conversation_id}": due}, nx=True)
     pipe.execute()
-
-
-fanout.AFTER_FANOUT.append(enqueue)

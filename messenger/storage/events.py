@@ -82,7 +82,7 @@ WHERE s.user_id = %(u)s
 ORDER BY e.event_id
 """
 
-_HEAD = "SELECT last_event_id, trimmed_through FROM {s}.user_state WHERE user_id = %s"
+_HEAD = "SELECT last_event_id FROM {s}.user_state WHERE user_id = %s"
 
 # The fan-out transaction on the conversation's database commits without waiting
 # for its WAL flush: if a crash loses it, the outbox rows it deleted come back
@@ -204,12 +204,14 @@ class FanoutBatch:
     def leave(self, schema: str, conversation_id: int, user_ids: Sequence[int]) -> None:
         self._add(_LEAVE, schema, {"c": conversation_id, "leave": list(user_ids)})
 
-    def execute(self, *, commit: bool = False) -> None:
-        """Send the statements (and COMMIT, in the same round trip, if asked)."""
-        if commit:
-            self.parts.append(b"COMMIT;")
+    def sql(self) -> bytes:
+        """The statements collected, ready to send (e.g. with a COMMIT behind)."""
+        return b"\n".join(self.parts)
+
+    def execute(self) -> None:
+        """Send the statements in one round trip."""
         if self.parts:
-            self.cur.execute(b"\n".join(self.parts))
+            self.cur.execute(self.sql())
             self.parts = []
 
 
@@ -276,13 +278,6 @@ def insert_outbox(
     return int(row[0])
 
 
-def stale_outbox(
-    cur: ShardCursor, older_than_secs: float
-) -> list[tuple[int, datetime]]:
-    """Conversations with outbox rows older than the given age, oldest row's time."""
-    return cur.run(_STALE_OUTBOX, (older_than_secs,)).fetchall()
-
-
 def read(cur: ShardCursor, user_id: int, after: int, limit: int) -> Page | None:
     """Events after a cursor with the user's head; None if the user has no stream."""
     rows = cur.run(_READ, {"u": user_id, "after": after, "limit": limit}).fetchall()
@@ -315,13 +310,14 @@ def read(cur: ShardCursor, user_id: int, after: int, limit: int) -> Page | None:
             }
         else:
             fields = dict(payload or {})
-        events.append(Event(event_type, fields, event_id))
+        events.append(Event(event_type, event_id, fields))
     return Page(head, trimmed, events)
 
 
-def head(cur: ShardCursor, user_id: int) -> tuple[int, int] | None:
+def head(cur: ShardCursor, user_id: int) -> int | None:
+    """The id of the user's newest event; None if the user has no stream."""
     row = cur.run(_HEAD, (user_id,)).fetchone()
-    return (int(row[0]), int(row[1])) if row else None
+    return int(row[0]) if row else None
 
 
 def trim(cur: ShardCursor, cutoff: datetime) -> int:
@@ -333,7 +329,8 @@ def trim(cur: ShardCursor, cutoff: datetime) -> int:
 def stale_outbox_across(
     cur: ShardCursor, schemas: list[str], older_than_secs: float
 ) -> list[tuple[int, datetime]]:
-    """stale_outbox over several shard schemas of one database, in one round trip."""
+    """Conversations with outbox rows older than the given age, with their oldest
+    row's time, over several shard schemas of one database in one round trip."""
     if not schemas:
         return []
     parts = [

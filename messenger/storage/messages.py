@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg2.errors
 
 from messenger.models import Message
 from messenger.storage.pools import ShardCursor
+from messenger.storage.transaction import PipelinedTransaction
 
-# The send, in one round trip: check membership, bump the conversation's seq
+# The send's first round trip: check membership, bump the conversation's seq
 # under its row lock (this serialises senders of one conversation, which ordering
 # needs), store the message and move the sender's own read position, in a
-# transaction left open so the fan-out can join it. A duplicate client_msg_id
-# fails the statement (no seq is used up).
+# transaction left open so the fan-out can join it (storage/transaction.py). A
+# duplicate client_msg_id fails the statement (no seq is used up).
 # The second statement runs with a fresh snapshot, after the first took the
 # conversation's row lock: membership changes (which take that lock too) can't
 # slip in between, so the recipients it reads are exactly the members at this seq,
 # and it sees any outbox row still waiting (then this message must queue behind
 # it to keep every member's events in order).
-_SEND_BEGIN = """
-BEGIN;
+_STORE = """
 WITH member AS (
     SELECT 1 FROM {s}.members WHERE conversation_id = %(c)s AND user_id = %(u)s
 ), bumped AS (
@@ -49,7 +50,6 @@ WHERE m.conversation_id = %(c)s AND m.sender_id = %(u)s
 _QUEUE_MESSAGE = """
 INSERT INTO {s}.outbox (conversation_id, kind, seq, recipients, payload)
 VALUES (%s, 'message', %s, %s, '{{}}'::jsonb);
-COMMIT;
 """
 
 _EXISTING = """
@@ -82,55 +82,61 @@ class DuplicateClientMsgId(Exception):
     """The sender already stored a message with this client_msg_id here."""
 
 
-def begin_send(
-    cur: ShardCursor,
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message just stored in an open send transaction, and what its fan-out
+    needs."""
+
+    message: Message
+    # The members at the message's seq (the sender included).
+    recipients: tuple[int, ...]
+    # An earlier fan-out of the conversation still waits in the outbox: this one
+    # must queue behind it, so every member's events stay in seq order.
+    has_queued_fanout: bool
+
+
+def store(
+    tx: PipelinedTransaction,
     conversation_id: int,
     sender_id: int,
     client_msg_id: str,
     body: str,
-) -> tuple[Message, list[int], bool] | None:
-    """Store a message in an open transaction (the connection is in autocommit
-    mode; the caller must end it with commit/rollback).
+) -> StoredMessage | None:
+    """Store a message in the send transaction (opening it: one round trip).
 
     Returns:
-        (message, recipients, has_queued_fanout), or None when the sender is not
-        a member (the transaction is still open).
+        The stored message, or None when the sender is not a member.
 
     Raises:
-        DuplicateClientMsgId: the (sender, client_msg_id) pair exists (the
-            transaction is aborted; roll it back).
+        DuplicateClientMsgId: the (sender, client_msg_id) pair exists (no seq is
+            used up; the transaction is rolled back when the block ends).
     """
     try:
-        row = cur.run(
-            _SEND_BEGIN,
+        row = tx.run(
+            _STORE,
             {"c": conversation_id, "u": sender_id, "cmid": client_msg_id, "body": body},
         ).fetchone()
     except psycopg2.errors.UniqueViolation:
         raise DuplicateClientMsgId from None
     if row is None:
         return None
-    seq, created_at, recipients, has_queued = row
-    message = Message(conversation_id, seq, sender_id, client_msg_id, body, created_at)
-    return message, list(recipients), bool(has_queued)
+    seq, created_at, recipients, has_queued_fanout = row
+    return StoredMessage(
+        Message(conversation_id, seq, sender_id, client_msg_id, body, created_at),
+        tuple(recipients),
+        bool(has_queued_fanout),
+    )
 
 
-def queue_and_commit(cur: ShardCursor, message: Message, recipients: list[int]) -> None:
-    """Queue the message's fan-out in the outbox and commit."""
-    cur.run(_QUEUE_MESSAGE, (message.conversation_id, message.seq, recipients))
-
-
-def commit(cur: ShardCursor) -> None:
-    cur.execute("COMMIT")
-
-
-def rollback(cur: ShardCursor) -> None:
-    """End an explicit transaction after a failure; harmless if none is open."""
-    if cur.connection.closed:
-        return
-    try:
-        cur.execute("ROLLBACK")
-    except psycopg2.Error:
-        cur.connection.close()  # state unknown: the pool discards it
+def queue_fanout_and_commit(tx: PipelinedTransaction, stored: StoredMessage) -> None:
+    """Queue the message's fan-out in the outbox and commit (one round trip)."""
+    message = stored.message
+    tx.commit(
+        tx.statement(
+            _QUEUE_MESSAGE,
+            (message.conversation_id, message.seq, list(stored.recipients)),
+        )
+    )
 
 
 def existing(
@@ -143,6 +149,14 @@ def existing(
     return Message(conversation_id, seq, sender_id, client_msg_id, body, created_at)
 
 
+@dataclass(frozen=True)
+class HistoryPage:
+    """Messages in ascending seq, and the conversation's last_seq."""
+
+    last_seq: int
+    messages: list[Message]
+
+
 def page(
     cur: ShardCursor,
     conversation_id: int,
@@ -151,11 +165,9 @@ def page(
     limit: int,
     before: int | None = None,
     after: int | None = None,
-) -> tuple[int, list[Message]] | None:
-    """A page of history in ascending seq, and the conversation's last_seq.
-
-    None when user_id is not a member (or the conversation does not exist).
-    """
+) -> HistoryPage | None:
+    """A page of history; None when user_id is not a member (or the conversation
+    does not exist)."""
     params: dict[str, Any] = {"c": conversation_id, "u": user_id, "limit": limit}
     if after is not None:
         sql, params["after"] = _PAGE_AFTER, after
@@ -166,11 +178,10 @@ def page(
     rows = cur.run(sql, params).fetchall()
     if not rows:
         return None
-    last_seq = rows[0][0]
     found = [
-        Message(conversation_id, r[1], r[2], r[3], r[4], r[5])
-        for r in rows
-        if r[1] is not None
+        Message(conversation_id, seq, sender_id, client_msg_id, body, created_at)
+        for _last_seq, seq, sender_id, client_msg_id, body, created_at in rows
+        if seq is not None  # the LEFT JOIN's one empty row of an empty page
     ]
     found.sort(key=lambda m: m.seq)
-    return last_seq, found
+    return HistoryPage(last_seq=rows[0][0], messages=found)

@@ -1,7 +1,7 @@
 """The shard router: named transactions on the shard that owns an id.
 
-    with router.on_conversation(conversation_id, "send_message") as cur:
-        seq = conversations.bump_last_seq(cur, conversation_id)
+    with router.on_conversation(conversation_id, "history", transaction=False) as cur:
+        found = messages.page(cur, conversation_id, user_id, limit=50)
 
 Every transaction has a name (it appears in logs and metrics). The cursor knows its
 schema (`cur.schema`), so query functions never build schema names themselves.
@@ -133,16 +133,6 @@ class Router:
         transaction (fan-out, sweeps).
         """
         return self._cursor(dsn, "public", name, transaction=transaction)
-
-    def group_by_dsn(self, entity_ids: list[int]) -> dict[str, dict[str, list[int]]]:
-        """dsn → schema → ids, for batching per physical database."""
-        result: dict[str, dict[str, list[int]]] = {}
-        for entity_id in entity_ids:
-            dsn = self.dsn_of(entity_id)
-            result.setdefault(dsn, {}).setdefault(self.schema_of(entity_id), []).append(
-                entity_id
-            )
-        return result
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -12,7 +12,7 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 
-import gevent
+import gevent.event
 
 from messenger import metrics
 from messenger.errors import Unavailable
@@ -86,19 +86,27 @@ def trim_once(rt: Runtime, retention_days: int | None = None) -> int:
     return touched
 
 
-def _loop(rt: Runtime) -> None:
-    interval = rt.settings.sweeper_interval_secs
-    next_trim = time.monotonic() + random.uniform(60, 600)
-    while True:
-        gevent.sleep(interval * random.uniform(0.75, 1.25))
-        try:
-            sweep_once(rt)
-            if time.monotonic() >= next_trim:
-                next_trim = time.monotonic() + TRIM_EVERY_SECS
-                trim_once(rt)
-        except Exception:  # noqa: BLE001 - the loop must outlive any one failure
-            logger.exception("sweeper pass failed")
+class SweepLoop:
+    """This worker's sweep (every `sweeper_interval_secs`, jittered) and trim (about
+    hourly) until stopped."""
 
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._stopping = gevent.event.Event()
 
-def start_in_background(rt: Runtime) -> gevent.Greenlet:
-    return gevent.spawn(_loop, rt)
+    def run(self) -> None:
+        next_trim = time.monotonic() + random.uniform(60, 600)
+        while not self._stopping.wait(
+            self.rt.settings.sweeper_interval_secs * random.uniform(0.75, 1.25)
+        ):
+            try:
+                sweep_once(self.rt)
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + TRIM_EVERY_SECS
+                    trim_once(self.rt)
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                logger.exception("sweeper pass failed")
+
+    def stop(self) -> None:
+        """End run() after the pass under way, if any."""
+        self._stopping.set()

@@ -83,12 +83,13 @@ def test_sweeper_delivers_message_whose_sender_was_killed(
         from messenger import runtime
         from messenger.settings import load
         from messenger.storage import messages
+        from messenger.storage.transaction import pipelined_transaction
         rt = runtime.build(load())
         with rt.router.on_conversation({cid}, "send_message",
                                        transaction=False) as cur:
-            message, recipients, _ = messages.begin_send(
-                cur, {cid}, {alice.id}, "crash-1", "survivor")
-            messages.queue_and_commit(cur, message, recipients)
+            with pipelined_transaction(cur) as tx:
+                stored = messages.store(tx, {cid}, {alice.id}, "crash-1", "survivor")
+                messages.queue_fanout_and_commit(tx, stored)
         os.kill(os.getpid(), signal.SIGKILL)  # before any fan-out
     """)
     env = dict(os.environ)

@@ -1,0 +1,90 @@
+"""The composition root: this process's runtime, its hooks and its background work.
+
+The one place that wires the layers together; no module registers itself by being
+imported.
+
+- `build(settings)`: the runtime (runtime.py) with its hooks connected: every
+  fan-out, wherever it runs (a request, the sweeper, `messenger sweep`), queues
+  pushes for offline members. Starts nothing.
+- `start(rt)`: this worker's background work: the wake-up dispatcher, the outbox
+  sweeper and the presence tracker (whose notes the poll hooks feed). Returns a
+  Background that stops all of it.
+
+gunicorn workers (wsgi.py) and the tests call both; `messenger sweep` and
+`trim-events` only build.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import gevent
+
+from messenger import runtime
+from messenger.realtime.dispatcher import Dispatcher
+from messenger.realtime.presence import PresenceBoard
+from messenger.runtime import Runtime
+from messenger.services import presence, push
+from messenger.settings import Settings
+from messenger.workers.sweeper import SweepLoop
+
+logger = logging.getLogger(__name__)
+
+# How long stop() waits for each background greenlet to finish what it is doing.
+STOP_TIMEOUT_SECS = 2.0
+
+
+def build(settings: Settings) -> Runtime:
+    """This process's runtime with its hooks connected, installed as runtime.get()."""
+    rt = runtime.build(settings)
+    rt.after_fanout.append(push.enqueue)
+    runtime.install(rt)
+    return rt
+
+
+@dataclass
+class Background:
+    """The background work of one worker, as started by start()."""
+
+    rt: Runtime
+    dispatcher: Dispatcher
+    sweeper: SweepLoop
+    tracker: presence.Tracker
+    greenlets: list[gevent.Greenlet] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop everything start() started and disconnect the poll hooks."""
+        for hooks in (self.rt.hub.on_poll_start, self.rt.hub.on_poll_end):
+            if self.tracker.note in hooks:
+                hooks.remove(self.tracker.note)
+        if presence.tracker() is self.tracker:
+            presence.use_tracker(None)
+        self.sweeper.stop()
+        self.tracker.stop()
+        self.dispatcher.stop()
+        gevent.joinall(self.greenlets, timeout=STOP_TIMEOUT_SECS)
+        gevent.killall(self.greenlets, timeout=STOP_TIMEOUT_SECS)
+        self.tracker.announcers.kill(timeout=STOP_TIMEOUT_SECS)
+
+
+def start(rt: Runtime) -> Background:
+    """Start this worker's dispatcher, sweeper and presence tracker, and connect
+    the poll hooks to the tracker. Once per runtime; stop() undoes it."""
+    dispatcher = Dispatcher(
+        rt.settings.redis_url or "", rt.worker_id, rt.hub, rt.registry
+    )
+    sweeper = SweepLoop(rt)
+    tracker = presence.Tracker(rt, PresenceBoard(rt.redis))
+    presence.use_tracker(tracker)
+    rt.hub.on_poll_start.append(tracker.note)
+    rt.hub.on_poll_end.append(tracker.note)
+    dispatcher.start()
+    background = Background(
+        rt,
+        dispatcher,
+        sweeper,
+        tracker,
+        [gevent.spawn(sweeper.run), gevent.spawn(tracker.run)],
+    )
+    return background
