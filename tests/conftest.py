@@ -167,8 +167,21 @@ def client(app: Any) -> Any:
 
 
 @pytest.fixture
-def redis(services: Services) -> redis_lib.Redis:
-    return redis_lib.Redis.from_url(services.redis.url)
+def redis(services: Services, app: Any) -> Iterator[redis_lib.Redis]:
+    """A client of the test Redis, emptied (FLUSHDB) before the test.
+
+    The in-process worker forgets which polls it had registered there, so it
+    registers them again; the push worker rebuilds device flags it finds missing.
+    """
+    from messenger import runtime
+
+    client = redis_lib.Redis.from_url(services.redis.url)
+    client.flushdb()
+    runtime.get().registry.forget_all()
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -376,8 +389,9 @@ def override_settings(app: Any) -> Iterator[Any]:
     rt = runtime.get()
     original = rt.settings
 
-    def override(**changes: Any) -> None:
+    def override(**changes: Any) -> Settings:
         rt.settings = dataclasses.replace(rt.settings, **changes)
+        return rt.settings
 
     try:
         yield override

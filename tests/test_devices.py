@@ -1,25 +1,13 @@
 """/v1/devices: register, list, delete push targets; refused URLs."""
 
-import dataclasses
 from typing import Any
 
 import pytest
 
-from messenger import runtime
 from messenger.realtime import keys
 from messenger.services.devices import MAX_DEVICES_PER_USER
 
 HOOK = "http://127.0.0.1:9/hook"
-
-
-@pytest.fixture
-def settings_override(app: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    rt = runtime.get()
-
-    def apply(**changes: Any) -> None:
-        monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, **changes))
-
-    return apply
 
 
 def register(client: Any, user: Any, url: str = HOOK, kind: str = "webhook") -> Any:
@@ -142,9 +130,9 @@ def test_device_routes_need_json(client: Any, make_user: Any) -> None:
     ],
 )
 def test_private_addresses_are_refused(
-    client: Any, make_user: Any, settings_override: Any, url: str
+    client: Any, make_user: Any, override_settings: Any, url: str
 ) -> None:
-    settings_override(push_allow_private=False)
+    override_settings(push_allow_private=False)
     r = register(client, make_user(), url)
     assert r.status_code == 422, r.get_json()
     reason = r.get_json()["error"]["fields"]["url"][0]
@@ -153,9 +141,9 @@ def test_private_addresses_are_refused(
 
 
 def test_public_addresses_are_accepted(
-    client: Any, make_user: Any, settings_override: Any
+    client: Any, make_user: Any, override_settings: Any
 ) -> None:
-    settings_override(push_allow_private=False)
+    override_settings(push_allow_private=False)
     for url in ("https://93.184.216.34/push?token=abc", "http://[2606:4700::1]:8443/"):
         r = register(client, make_user(), url)
         assert r.status_code == 201, r.get_json()
@@ -163,10 +151,10 @@ def test_public_addresses_are_accepted(
 
 
 def test_urls_pointing_at_the_messenger_are_refused(
-    client: Any, make_user: Any, settings_override: Any
+    client: Any, make_user: Any, override_settings: Any
 ) -> None:
     # Even where private targets are allowed (tests, single-host setups).
-    settings_override(host="0.0.0.0", port=8123)
+    override_settings(host="0.0.0.0", port=8123)
     user = make_user()
     for url in (
         "http://localhost/v1/devices",  # the Host this request came in by

@@ -2,7 +2,6 @@
 basics, and a regression test for each failure the fuzzer (tests/test_fuzz.py)
 found."""
 
-import dataclasses
 import io
 import json
 import logging
@@ -194,18 +193,13 @@ def test_metrics_need_a_token(client: Any, make_user: Any) -> None:
         assert name in text, name
 
 
-def test_metrics_token_of_the_operator(client: Any) -> None:
-    rt = runtime.get()
-    original = rt.settings
+def test_metrics_token_of_the_operator(client: Any, override_settings: Any) -> None:
     token = secrets.token_urlsafe(24)
-    rt.settings = dataclasses.replace(original, metrics_token=token)
-    try:
-        r = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 200
-        r = client.get("/metrics", headers={"Authorization": f"Bearer {token}x"})
-        assert r.status_code == 401
-    finally:
-        rt.settings = original
+    override_settings(metrics_token=token)
+    r = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    r = client.get("/metrics", headers={"Authorization": f"Bearer {token}x"})
+    assert r.status_code == 401
 
 
 # ---- logs ----------------------------------------------------------------------

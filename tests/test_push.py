@@ -112,24 +112,11 @@ def receiver() -> Iterator[Receiver]:
         r.stop()
 
 
-def _clear_queue(redis: Any) -> None:
-    for key in redis.scan_iter(match="{push}:*", count=1000):
-        if key != keys.PUSH_FLAGS_SYNCED.encode():
-            redis.delete(key)
-
-
 @pytest.fixture
-def push_settings(app: Any, redis: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Change the running app's settings for one test; the queue starts empty."""
-    _clear_queue(redis)
-    rt = runtime.get()
-
-    def apply(**changes: Any) -> Any:
-        monkeypatch.setattr(rt, "settings", dataclasses.replace(rt.settings, **changes))
-        return rt.settings
-
-    yield apply
-    _clear_queue(redis)
+def push_settings(override_settings: Any, redis: Any) -> Any:
+    """Change the running app's settings for one test; the queue starts empty
+    (the `redis` fixture flushes it)."""
+    return override_settings
 
 
 @pytest.fixture

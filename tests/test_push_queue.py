@@ -20,17 +20,10 @@ from tests.conftest import Services
 MakeQueue = Callable[..., PushQueue]
 
 
-def _clear_queue(redis: redis_lib.Redis) -> None:
-    """Empty the queue; the device flags (not the queue's) stay."""
-    for key in redis.scan_iter(match="{push}:*", count=1000):
-        if key != keys.PUSH_FLAGS_SYNCED.encode():
-            redis.delete(key)
-
-
 @pytest.fixture
 def make_queue(services: Services, redis: redis_lib.Redis) -> Iterator[MakeQueue]:
-    """PushQueues on an empty queue; each leaves at the end of the test."""
-    _clear_queue(redis)
+    """PushQueues on an empty queue (`redis` is flushed); each leaves at the end
+    of the test."""
     made: list[PushQueue] = []
 
     def make(worker_id: str | None = None) -> PushQueue:
@@ -41,7 +34,6 @@ def make_queue(services: Services, redis: redis_lib.Redis) -> Iterator[MakeQueue
     yield make
     for queue in made:
         queue.leave()
-    _clear_queue(redis)
 
 
 def _job(job_id: int, **changes: Any) -> bytes:

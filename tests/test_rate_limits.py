@@ -1,9 +1,8 @@
 """Rate limits: per user, per address, per handle tried; 429 with Retry-After;
 never a reason to fail a request when Redis is down."""
 
-import dataclasses
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,16 +21,13 @@ from messenger.settings import (
 
 
 @pytest.fixture
-def limits(app: Any) -> Iterator[Callable[[str], None]]:
+def limits(override_settings: Any) -> Callable[[str], None]:
     """Turn rate limits on for one test: limits("send=3/60s")."""
-    rt = runtime.get()
-    original = rt.settings
 
     def set_limits(spec: str) -> None:
-        rt.settings = dataclasses.replace(original, rate_limits=spec)
+        override_settings(rate_limits=spec)
 
-    yield set_limits
-    rt.settings = original
+    return set_limits
 
 
 def address() -> dict[str, Any]:

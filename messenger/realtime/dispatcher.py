@@ -9,13 +9,13 @@ re-reads once, so nothing missed during the outage waits for a timeout.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 
 import gevent
 import redis
 
 from messenger import metrics
+from messenger.backoff import Backoff
 from messenger.realtime import keys
 from messenger.realtime.connections import blocking_client
 from messenger.realtime.hub import Hub
@@ -59,7 +59,7 @@ class Dispatcher:
         gevent.killall(self._greenlets, timeout=2)
 
     def _run(self) -> None:
-        backoff = 0.1
+        retry = Backoff(0.1, BACKOFF_MAX_SECS, jitter=(0.5, 1.5))
         key = keys.wake_list(self.worker_id)
         while not self._stopping:
             client = self._client_factory()
@@ -73,7 +73,7 @@ class Dispatcher:
                     self.registry.refresh()
                     self.hub.redis_ok = True
                     self.hub.wake_all()
-                backoff = 0.1
+                retry.reset()
                 while not self._stopping:
                     batch = self._pop(client, key)
                     if batch:
@@ -88,8 +88,7 @@ class Dispatcher:
                         exc,
                     )
                 self.hub.redis_ok = False
-                gevent.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, BACKOFF_MAX_SECS)
+                gevent.sleep(retry.failed())
             finally:
                 # close() leaves a pool it was given open: its socket would leak.
                 client.connection_pool.disconnect()
