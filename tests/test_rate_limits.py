@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis as redis_lib
 
 from messenger import metrics, runtime
 from messenger.embedded import free_port
+from messenger.realtime.connections import shared_client
 from messenger.services import ratelimit
 from messenger.settings import (
     DEFAULT_RATE_LIMITS,
@@ -190,7 +190,8 @@ def test_redis_outage_never_blocks_a_request(
     limits("send=1/60s")
     rt = runtime.get()
     working = rt.redis
-    dead = redis_lib.Redis(port=free_port(), socket_connect_timeout=0.5)
+    # Configured as the app's own client (no retries), on a port nothing serves.
+    dead = shared_client(f"redis://127.0.0.1:{free_port()}/0", 4)
     errors_before = metrics.REDIS_ERRORS.labels(op="rate_limit")._value.get()
     rt.redis = dead
     try:
