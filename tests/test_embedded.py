@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from messenger.embedded import (
     find_redis_server,
     free_port,
     is_process_running,
+    processes,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,12 +63,7 @@ def stop_later() -> Iterator[Callable[[Server], Server]]:
 
 
 def wait_until_gone(pid: int) -> bool:
-    deadline = time.monotonic() + PROCESS_EXIT_SECS
-    while is_process_running(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return processes.wait_until_gone(pid, PROCESS_EXIT_SECS)
 
 
 def pg_rows(pg: EmbeddedPostgres) -> list[str]:

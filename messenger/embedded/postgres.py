@@ -23,7 +23,6 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import psycopg2
@@ -34,6 +33,7 @@ from messenger.embedded.accounts import Account, can_enter, postgres_account, ru
 from messenger.embedded.binaries import PostgresBinaries, find_postgres_binaries
 from messenger.embedded.processes import (
     HOST,
+    Server,
     ensure_port_free,
     folder_lock,
     is_process_running,
@@ -122,7 +122,7 @@ def _postmaster_port(cluster: Path) -> int | None:
         return None
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(Server):
     """A PostgreSQL cluster kept under a folder, listening on 127.0.0.1:port only.
 
     Layout of the folder: `pgdata/` (the cluster), `postgresql.log` (server log),
@@ -262,18 +262,6 @@ class EmbeddedPostgres:
                 return
             self._stop_server(cluster, immediate=False)
         say(self._log, f"PostgreSQL: stopped (pid {pid})")
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- helpers
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import fcntl
@@ -13,6 +14,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import psutil
 
@@ -202,3 +205,27 @@ def say(
         logger.info("%s", message)
     if log is not None:
         log(message)
+
+
+class Server(abc.ABC):
+    """Something started by start() and stopped by stop(); `with` does both."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start; idempotent."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop whatever runs; idempotent, and fine when nothing does."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -12,13 +12,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
 from messenger.embedded.binaries import find_redis_server
 from messenger.embedded.processes import (
     HOST,
+    Server,
     child_hook,
     ensure_port_free,
     folder_lock,
@@ -43,7 +43,7 @@ REDIS_TERM_GRACE_SECS = 10.0
 SERVER_NAMES = ("redis-server", "valkey-server")
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(Server):
     """A redis-server child process keeping its files under a folder.
 
     Listens on 127.0.0.1:port only. Persistent by default (append-only file plus
@@ -172,18 +172,6 @@ class EmbeddedRedis:
             self._stop_leftovers()
         if had_child:
             say(self._log, "Redis: stopped")
-
-    def __enter__(self) -> EmbeddedRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- helpers
 

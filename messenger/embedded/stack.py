@@ -12,15 +12,15 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from messenger.embedded.postgres import EmbeddedPostgres
+from messenger.embedded.processes import Server
 from messenger.embedded.redis_server import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
 
 
-class LocalServers:
+class LocalServers(Server):
     """A PostgreSQL cluster in root/postgres and a Redis in root/redis.
 
     Attributes:
@@ -86,15 +86,3 @@ class LocalServers:
                     shutil.rmtree(folder)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> LocalServers:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
