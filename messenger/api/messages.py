@@ -14,9 +14,9 @@ from messenger.schemas.messages import (
     HistoryQuery,
     ReceiptIn,
     SendMessageIn,
-    message_json,
 )
 from messenger.services import messages, receipts, typing_indicator
+from messenger.views import message_json
 
 bp = Blueprint("messages", __name__, url_prefix="/v1")
 

@@ -8,9 +8,9 @@ from flask import Blueprint, g, request
 
 from messenger.api.auth import authenticated
 from messenger.schemas.base import load
-from messenger.schemas.messages import message_json
 from messenger.schemas.search import SearchQuery
 from messenger.services import search as search_service
+from messenger.views import message_json
 
 bp = Blueprint("search", __name__, url_prefix="/v1")
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 from werkzeug.datastructures import MultiDict
 
 from messenger.errors import ValidationFailed
+from messenger.views import format_time
 
 HANDLE = validate.Regexp(
     r"^[a-z0-9_]{3,32}\Z", error="3 to 32 characters of a-z, 0-9 and _."
@@ -21,19 +21,10 @@ BODY = validate.Length(min=1, max=4000)
 CLIENT_MSG_ID = validate.Regexp(
     r"^[A-Za-z0-9_-]{1,64}\Z", error="1 to 64 characters of A-Z, a-z, 0-9, _ and -."
 )
-GROUP_MAX_MEMBERS = 500
 PAGE_LIMIT_DEFAULT = 50
 PAGE_LIMIT_MAX = 200
 # Ids are PostgreSQL bigints.
 ID_RANGE = validate.Range(min=1, max=2**63 - 1)
-
-
-def format_time(value: datetime) -> str:
-    """ISO-8601 UTC with milliseconds: 2026-11-26T21:47:42.123Z."""
-    if value.utcoffset():
-        value = value.astimezone(UTC)
-    # isoformat is several times faster than strftime (this runs per message).
-    return value.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 class UtcTime(fields.Field):

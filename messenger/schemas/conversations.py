@@ -8,7 +8,6 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from messenger.models import Conversation
 from messenger.schemas.base import (
-    GROUP_MAX_MEMBERS,
     TITLE,
     Id,
     QuerySchema,
@@ -16,7 +15,8 @@ from messenger.schemas.base import (
     UtcTime,
     limit_field,
 )
-from messenger.schemas.messages import message_json
+from messenger.services.conversations import GROUP_MAX_MEMBERS
+from messenger.views import message_json
 
 
 class CreateConversationIn(StrictSchema):
@@ -72,6 +72,8 @@ class MemberOut(Schema):
 
 
 class ConversationOut(Schema):
+    """A Conversation; views.conversation_json writes the same for events."""
+
     id = fields.Integer(attribute="conversation_id")
     kind = fields.String()
     title = fields.String(allow_none=True)
@@ -85,7 +87,3 @@ class ConversationOut(Schema):
 
     def _last_message(self, conv: Conversation) -> dict[str, Any] | None:
         return message_json(conv.last_message) if conv.last_message else None
-
-
-def conversation_json(conv: Conversation) -> dict[str, Any]:
-    return ConversationOut().dump(conv)  # type: ignore[no-any-return]

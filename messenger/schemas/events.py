@@ -9,7 +9,7 @@ from marshmallow import Schema, fields, validate
 
 from messenger.models import Event
 from messenger.schemas.base import QuerySchema
-from messenger.schemas.messages import message_json
+from messenger.views import message_json
 
 EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 500

@@ -13,14 +13,17 @@ from datetime import datetime
 from messenger import runtime
 from messenger.errors import NotFound, ValidationFailed
 from messenger.models import Conversation, Member, Message
-from messenger.schemas.base import GROUP_MAX_MEMBERS
-from messenger.schemas.conversations import conversation_json
 from messenger.services import accounts, cursors, fanout
 from messenger.storage import conversations as store
 from messenger.storage import events as event_store
 from messenger.storage import users as user_store
+from messenger.views import conversation_json
 
 logger = logging.getLogger(__name__)
+
+# API.md: a group has at most 500 members (schemas publish it, create_group and
+# groups.add_member enforce it).
+GROUP_MAX_MEMBERS = 500
 
 _CLAIM_PAIR = """
 INSERT INTO {s}.direct_pairs (user_lo, user_hi, conversation_id) VALUES (%s, %s, %s)

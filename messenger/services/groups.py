@@ -21,13 +21,13 @@ from typing import Any
 from messenger import runtime
 from messenger.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from messenger.models import Conversation, Member, Message
-from messenger.schemas.base import GROUP_MAX_MEMBERS
-from messenger.schemas.conversations import conversation_json
 from messenger.services import accounts, conversations, fanout
+from messenger.services.conversations import GROUP_MAX_MEMBERS
 from messenger.storage import conversations as conversation_store
 from messenger.storage import events as event_store
 from messenger.storage import groups as store
 from messenger.storage.pools import ShardCursor
+from messenger.views import conversation_json
 
 logger = logging.getLogger(__name__)
 
