@@ -7,6 +7,8 @@ from typing import Any
 from flask import Blueprint, g, request
 
 from messenger.api.auth import authenticated
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.search import SearchQuery
 from messenger.services import search as search_service
@@ -16,6 +18,12 @@ bp = Blueprint("search", __name__, url_prefix="/v1")
 
 
 @bp.get("/search")
+@operation(
+    "Full-text search over the caller's conversations, newest first.",
+    query=SearchQuery,
+    responses={200: env.SearchPage},
+    tag="messages",
+)
 @authenticated
 def search() -> Any:
     query = load(SearchQuery(), request.args)

@@ -1,4 +1,10 @@
-"""The strict base schema, UTC times, and the limits of API.md."""
+"""The strict base schemas, UTC times, and the limits of API.md.
+
+The OpenAPI document is made from these schemas (api/openapi.py, through
+apispec): a bound, an enum or a pattern is written once, as a validator (or,
+for a field that parses by hand, as its `pattern` metadata), and the document
+publishes what the validator enforces.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +64,24 @@ class Id(StrictInteger):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("validate", ID_RANGE)
         super().__init__(**kwargs)
+
+
+class Contains(validate.Regexp):
+    """Valid when the regex matches anywhere in the value (JSON Schema's
+    unanchored `pattern`), not only at its start as validate.Regexp does."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.search(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class CompleteOut(Schema):
+    """An answer whose every field is always present (null where allowed): the
+    document marks them all required."""
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        field_obj.required = True
 
 
 class StrictSchema(Schema):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from messenger.schemas.base import (
     BODY,
     CLIENT_MSG_ID,
+    CompleteOut,
     QuerySchema,
     StrictInteger,
     StrictSchema,
@@ -30,8 +31,6 @@ class HistoryQuery(QuerySchema):
     @validates_schema
     def _one_direction(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "before" in data and "after" in data:
-            from marshmallow import ValidationError
-
             raise ValidationError("Use before or after, not both.", "before")
 
 
@@ -40,7 +39,7 @@ class ReceiptIn(StrictSchema):
     seq = StrictInteger(required=True, validate=validate.Range(min=0, max=2**63 - 1))
 
 
-class MessageOut(Schema):
+class MessageOut(CompleteOut):
     """A Message; views.message_json writes the same for the hot paths."""
 
     conversation_id = fields.Integer()
