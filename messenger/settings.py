@@ -3,9 +3,11 @@
 The Settings dataclass is the one declaration of every setting: each field is
 made with setting(), which gives its default, its bounds and its line of help.
 load() reads the environment from it, and markdown_table() writes the README's
-configuration table from it (`python -m messenger.settings --markdown`; a test
-checks the README holds that table). A bad value stops start-up with one sentence
-naming the variable (ConfigError). Nothing else in the package reads os.environ.
+configuration table from it; RATE_LIMIT_DEFAULTS likewise gives the README's
+rate limit table (`python -m messenger.settings --markdown [rate-limits]`; a
+test checks the README holds both). A bad value stops start-up with one
+sentence naming the variable (ConfigError). Nothing else in the package reads
+os.environ.
 
 To add a setting: add a field with setting() (a custom `read` only when the type
 alone does not say how to parse it), then regenerate the README's table.
@@ -13,6 +15,7 @@ alone does not say how to parse it), then regenerate the README's table.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import secrets
@@ -60,7 +63,7 @@ class Spec:
     hi: float | str | None = None
     min_length: int = 0
     choices: tuple[str, ...] = ()
-    # The README's default when the value itself doesn't say it (None: embedded).
+    # The README's default when the value itself doesn't say it.
     shown: str | None = None
     read: Reader | None = None
 
@@ -362,20 +365,45 @@ class RateLimit:
     window_secs: int
 
 
-# Defaults of MESSENGER_RATE_LIMITS (the README lists them). Subjects: the user
-# for send/typing/conversation, the user and conversation for
-# typing_conversation; the client IP for register/login; the handle
-# tried for login_handle (slows guessing one account's password from many IPs).
-DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {
-    "send": RateLimit(30, 10),
-    "typing": RateLimit(20, 10),
+@dataclass(frozen=True)
+class DefaultRateLimit:
+    """A default of MESSENGER_RATE_LIMITS, with what the README says of it."""
+
+    limit: RateLimit
+    # Whose requests count together (the subject ratelimit.check is given).
+    per: str
+    slows: str
+
+
+# The README's rate limit table is made from these (rate_limits_table()).
+RATE_LIMIT_DEFAULTS: Mapping[str, DefaultRateLimit] = {
+    "send": DefaultRateLimit(RateLimit(30, 10), "user", "message floods"),
+    "typing": DefaultRateLimit(RateLimit(20, 10), "user", "runaway clients"),
     # Typing indicators last seconds; more than one a second per conversation is
     # a client bug, not a person typing.
-    "typing_conversation": RateLimit(1, 1),
-    "conversation": RateLimit(30, 60),
-    "register": RateLimit(20, 3600),
-    "login": RateLimit(20, 60),
-    "login_handle": RateLimit(10, 300),
+    "typing_conversation": DefaultRateLimit(
+        RateLimit(1, 1),
+        "user and conversation",
+        "typing indicators repeated faster than anyone types",
+    ),
+    "conversation": DefaultRateLimit(
+        RateLimit(30, 60), "user", "creating conversations"
+    ),
+    "register": DefaultRateLimit(
+        RateLimit(20, 3600), "client address", "account farming"
+    ),
+    "login": DefaultRateLimit(
+        RateLimit(20, 60), "client address", "password guessing from one address"
+    ),
+    "login_handle": DefaultRateLimit(
+        RateLimit(10, 300),
+        "handle tried",
+        "guessing one account's password from many addresses; the same answer "
+        "whether the handle exists or not",
+    ),
+}
+DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {
+    name: default.limit for name, default in RATE_LIMIT_DEFAULTS.items()
 }
 _WINDOW_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 _RATE_RE = re.compile(r"^(\d{1,9})/(\d{1,6})([smh]?)$")
@@ -518,6 +546,26 @@ def _shown_default(f: Any) -> str:
     return f"`{value}`"
 
 
+def _window(secs: int) -> str:
+    if secs % 3600 == 0:
+        return f"{secs // 3600} h"
+    if secs > 60 and secs % 60 == 0:
+        return f"{secs // 60} min"
+    return f"{secs} s"
+
+
+def rate_limits_table() -> str:
+    """The README's table of the default rate limits."""
+    lines = ["| name | default | per | what it slows |", "|---|---|---|---|"]
+    for name, default in RATE_LIMIT_DEFAULTS.items():
+        limit = default.limit
+        lines.append(
+            f"| `{name}` | {limit.count} / {_window(limit.window_secs)} | "
+            f"{default.per} | {default.slows} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table() -> str:
     """The README's configuration table: every variable, its default, its help."""
     lines = ["| variable | default | meaning |", "|---|---|---|"]
@@ -527,7 +575,20 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+TABLES = {"settings": markdown_table, "rate-limits": rate_limits_table}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m messenger.settings --markdown [settings|rate-limits]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m messenger.settings",
+        description="Print a README table made from the declared settings.",
+    )
+    parser.add_argument(
+        "--markdown", choices=sorted(TABLES), nargs="?", const="settings", required=True
+    )
+    sys.stdout.write(TABLES[parser.parse_args(argv).markdown]())
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--markdown"]:
-        sys.exit("usage: python -m messenger.settings --markdown")
-    sys.stdout.write(markdown_table())
+    main()

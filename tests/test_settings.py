@@ -8,18 +8,27 @@ from pathlib import Path
 import pytest
 
 from messenger import settings as settings_module
-from messenger.settings import ConfigError, Settings, load, markdown_table, variable
+from messenger.settings import (
+    TABLES,
+    ConfigError,
+    Settings,
+    load,
+    markdown_table,
+    variable,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-TABLE = re.compile(r"<!-- settings:start[^>]*-->\n(.*?)<!-- settings:end -->", re.S)
 
 
-def test_readme_table_is_the_declared_settings() -> None:
-    match = TABLE.search(README.read_text())
-    assert match, "README.md has no table between the settings markers"
-    assert match[1] == markdown_table(), (
-        "README's configuration table differs from messenger/settings.py: paste "
-        "the output of `python -m messenger.settings --markdown` between the markers"
+@pytest.mark.parametrize("table", sorted(TABLES))
+def test_readme_tables_are_the_declared_settings(table: str) -> None:
+    marked = re.compile(rf"<!-- {table}:start[^>]*-->\n(.*?)<!-- {table}:end -->", re.S)
+    match = marked.search(README.read_text())
+    assert match, f"README.md has no table between the {table} markers"
+    assert match[1] == TABLES[table](), (
+        f"README's {table} table differs from messenger/settings.py: paste the "
+        f"output of `python -m messenger.settings --markdown {table}` between the "
+        "markers"
     )
 
 
