@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from messenger.errors import ValidationFailed
 
@@ -19,6 +19,8 @@ from messenger.errors import ValidationFailed
 _MICROS = r"[0-9]{1,17}"
 _ID = r"\.[0-9]{1,18}"
 INVALID = "A cursor returned as next by an earlier page."
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @functools.cache
@@ -29,7 +31,8 @@ def pattern(id_count: int) -> str:
 
 
 def encode(at: datetime, *ids: int) -> str:
-    micros = int(at.timestamp()) * 1_000_000 + at.microsecond
+    # Exact: at.timestamp() is a float, which rounds far-off times.
+    micros = (at.astimezone(UTC) - _EPOCH) // _MICROSECOND
     return ".".join(str(part) for part in (micros, *ids))
 
 
