@@ -81,7 +81,7 @@ def setting(
 ) -> T:
     """A Settings field read from MESSENGER_<FIELD NAME IN CAPITALS>."""
     spec = Spec(help, lo, hi, min_length, choices, shown, read)
-    return field(default=default, metadata={"setting": spec})  # type: ignore[no-any-return]
+    return field(default=default, metadata={"setting": spec})
 
 
 _DSN_RE = re.compile(r"^postgres(ql)?://")
