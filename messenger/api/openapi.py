@@ -27,7 +27,7 @@ from werkzeug.routing import Rule
 from messenger.api.auth import PUBLIC_ENDPOINTS
 from messenger.api.operation import Operation, SchemaRef, declared_operation
 from messenger.schemas import envelopes as env
-from messenger.schemas.base import UtcTime
+from messenger.schemas.base import BIGINT_MAX, UtcTime
 from messenger.schemas.conversations import ConversationOut, MemberOut
 from messenger.schemas.devices import DeviceOut, RegisteredDeviceOut
 from messenger.schemas.messages import MessageOut
@@ -68,7 +68,7 @@ _COMPONENTS: dict[str, type[Schema]] = {
     "RegisteredDevice": RegisteredDeviceOut,
 }
 _PATH_PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
-_INT_PATH = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_INT_PATH = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
 
 
 def openapi_path(rule: str) -> str:

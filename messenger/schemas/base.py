@@ -29,8 +29,9 @@ CLIENT_MSG_ID = validate.Regexp(
 )
 PAGE_LIMIT_DEFAULT = 50
 PAGE_LIMIT_MAX = 200
-# Ids are PostgreSQL bigints.
-ID_RANGE = validate.Range(min=1, max=2**63 - 1)
+# Ids and seqs are PostgreSQL bigints.
+BIGINT_MAX = 2**63 - 1
+ID_RANGE = validate.Range(min=1, max=BIGINT_MAX)
 
 
 class UtcTime(fields.Field):
@@ -53,7 +54,7 @@ class StrictInteger(fields.Integer):
     ) -> Any:
         if isinstance(value, bool):
             raise self.make_error("invalid")
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        if isinstance(value, float) and value.is_integer() and abs(value) <= BIGINT_MAX:
             value = int(value)
         return super()._deserialize(value, attr, data, **kwargs)
 

@@ -7,8 +7,10 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from messenger.schemas.base import (
+    BIGINT_MAX,
     BODY,
     CLIENT_MSG_ID,
+    ID_RANGE,
     CompleteOut,
     QuerySchema,
     StrictInteger,
@@ -24,8 +26,8 @@ class SendMessageIn(StrictSchema):
 
 
 class HistoryQuery(QuerySchema):
-    before = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1))
-    after = fields.Integer(validate=validate.Range(min=0, max=2**63 - 1))
+    before = fields.Integer(validate=ID_RANGE)
+    after = fields.Integer(validate=validate.Range(min=0, max=BIGINT_MAX))
     limit = limit_field()
 
     @validates_schema
@@ -36,7 +38,7 @@ class HistoryQuery(QuerySchema):
 
 class ReceiptIn(StrictSchema):
     type = fields.String(required=True, validate=validate.OneOf(["delivered", "read"]))
-    seq = StrictInteger(required=True, validate=validate.Range(min=0, max=2**63 - 1))
+    seq = StrictInteger(required=True, validate=validate.Range(min=0, max=BIGINT_MAX))
 
 
 class MessageOut(CompleteOut):

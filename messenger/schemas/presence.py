@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
-from messenger.schemas.base import QuerySchema
+from messenger.schemas.base import BIGINT_MAX, QuerySchema
 
 # One conversation list's worth of peers; more in one call is a client bug.
 PRESENCE_MAX_IDS = 200
@@ -36,7 +36,7 @@ class IdList(fields.Field):
             if not part.isascii() or not part.isdigit() or len(part) > 19:
                 raise ValidationError(f"Not a user id: {part[:20]!r}.")
             user_id = int(part)
-            if not 1 <= user_id < 2**63:
+            if not 1 <= user_id <= BIGINT_MAX:
                 raise ValidationError(f"Not a user id: {part[:20]!r}.")
             ids.append(user_id)
         return list(dict.fromkeys(ids))
