@@ -221,7 +221,9 @@ def build(app: Flask) -> dict[str, Any]:
 
 
 def _finish(doc: dict[str, Any]) -> None:
-    """Translate what apispec copies from Python into JSON Schema's terms."""
+    """What apispec can't say from the schemas alone: Python's \\Z in JSON
+    Schema's terms, the NUL rule of schemas.base.load, and that answers (unlike
+    bodies) may gain fields."""
     for schema in _walk_schemas(doc):
         # Python's end anchor \Z is JSON Schema's $ (patterns never match newlines).
         pattern = schema.get("pattern")
