@@ -1,22 +1,42 @@
 """Settings, read once from MESSENGER_* environment variables.
 
-Every variable is listed in the README's configuration table. A bad value stops
-start-up with one sentence naming the variable (ConfigError). Nothing else in the
-package reads os.environ.
+The Settings dataclass is the one declaration of every setting: each field is
+made with setting(), which gives its default, its bounds and its line of help.
+load() reads the environment from it, and markdown_table() writes the README's
+configuration table from it; RATE_LIMIT_DEFAULTS likewise gives the README's
+rate limit table (`python -m messenger.settings --markdown [rate-limits]`; a
+test checks the README holds both). A bad value stops start-up with one
+sentence naming the variable (ConfigError). Nothing else in the package reads
+os.environ.
+
+To add a setting: add a field with setting() (a custom `read` only when the type
+alone does not say how to parse it), then regenerate the README's table.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import sys
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import UnionType
+from typing import Any, TypeVar
+
+PREFIX = "MESSENGER_"
 
 # NAT boxes and old proxies drop HTTP connections idle for ~60 s; stay under that.
 POLL_TIMEOUT_MAX_SECS = 55
 POLL_TIMEOUT_DEFAULT_SECS = 25
+
+T = TypeVar("T")
+# Reads a variable's non-empty text: (variable name, text, the settings read
+# before it) → the value. Raises ConfigError.
+Reader = Callable[[str, str, Mapping[str, Any]], Any]
 
 
 class ConfigError(Exception):
@@ -33,52 +53,253 @@ class ShardRange:
 
 
 @dataclass(frozen=True)
+class Spec:
+    """How one setting is read from its variable and shown in the README."""
+
+    help: str
+    lo: float | None = None
+    # A number, or the name of an earlier setting bounding this one (the default
+    # is then lowered to it when larger).
+    hi: float | str | None = None
+    min_length: int = 0
+    choices: tuple[str, ...] = ()
+    # The README's default when the value itself doesn't say it.
+    shown: str | None = None
+    read: Reader | None = None
+
+
+def setting(
+    default: T,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | str | None = None,
+    min_length: int = 0,
+    choices: tuple[str, ...] = (),
+    shown: str | None = None,
+    read: Reader | None = None,
+) -> T:
+    """A Settings field read from MESSENGER_<FIELD NAME IN CAPITALS>."""
+    spec = Spec(help, lo, hi, min_length, choices, shown, read)
+    return field(default=default, metadata={"setting": spec})
+
+
+_DSN_RE = re.compile(r"^postgres(ql)?://")
+
+
+def _dsn(name: str, value: str) -> str:
+    if not _DSN_RE.match(value):
+        raise ConfigError(f"{name} must be a postgresql:// URL, not {value[:40]!r}.")
+    return value
+
+
+def _read_dsn(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    return _dsn(name, raw)
+
+
+def _read_redis_url(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    if not re.match(r"^rediss?://", raw):
+        raise ConfigError(f"{name} must be a redis:// or rediss:// URL.")
+    return raw
+
+
+def _read_shard_map(
+    name: str, raw: str, earlier: Mapping[str, Any]
+) -> tuple[ShardRange, ...]:
+    return parse_shard_map(raw, earlier["shards"])
+
+
+def _read_rate_limits(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    text = raw.strip() or "on"
+    parse_rate_limits(text)  # a bad value stops start-up
+    return text
+
+
+def _read_log_level(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    return raw.upper()
+
+
+def _read_origins(name: str, raw: str, earlier: Mapping[str, Any]) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
+            raise ConfigError(
+                f"{name} entries must look like https://host[:port], not {origin!r}."
+            )
+    return origins
+
+
+@dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
-    shard_map: tuple[ShardRange, ...] = ()
-    directory_url: str | None = None
-    redis_url: str | None = None
-    shards: int = 64
-    secret_key: str = ""
-    poll_timeout_default_secs: int = POLL_TIMEOUT_DEFAULT_SECS
-    poll_timeout_max_secs: int = POLL_TIMEOUT_MAX_SECS
-    event_retention_days: int = 30
-    db_pool_size: int = 10
-    db_checkout_timeout_secs: float = 2.0
-    db_connect_timeout_secs: int = 3
-    db_statement_timeout_ms: int = 15_000
-    redis_pool_size: int = 200
-    data_dir: Path = Path("var")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 0  # 0: gunicorn.conf.py picks from the CPU count
-    rate_limits: str = "on"
-    # Where gunicorn's workers keep their metric files (gunicorn.conf.py sets it
-    # to a temporary folder when unset); None in a single process.
-    metrics_dir: Path | None = None
-    # A bearer token for Prometheus to read /metrics without a user account.
-    metrics_token: str = ""
-    push_allow_private: bool = False
-    # Messages to one offline user in one conversation within this window are
-    # coalesced into one push.
-    push_coalesce_secs: float = 3.0
-    push_max_attempts: int = 6
-    push_timeout_secs: float = 5.0
+    """Every setting; the field `shards` is read from MESSENGER_SHARDS, and so on.
+
+    Fields are read in this order: a bound or a parser may use those above it.
+    """
+
+    database_url: str | None = setting(
+        None,
+        "one PostgreSQL for the directory and every shard, "
+        "`postgresql://user:pw@host:port/db`",
+        shown="– (embedded)",
+        read=_read_dsn,
+    )
+    shards: int = setting(
+        64,
+        "logical shards N (`shard = id % N`); fixed for the life of a deployment",
+        lo=1,
+        hi=4096,
+    )
+    shard_map: tuple[ShardRange, ...] = setting(
+        (),
+        "several databases: `0-31=postgresql://a/db;32-63=postgresql://b/db` "
+        "(must cover every shard once)",
+        read=_read_shard_map,
+    )
+    directory_url: str | None = setting(
+        None,
+        "the directory (global ids, handles, sessions)",
+        shown="first shard's database",
+        read=_read_dsn,
+    )
+    redis_url: str | None = setting(
+        None, "`redis://host:port/db`", shown="– (embedded)", read=_read_redis_url
+    )
+    secret_key: str = setting(
+        "", "at least 16 characters", min_length=16, shown="random per process"
+    )
+    host: str = setting("127.0.0.1", "where gunicorn listens")
+    port: int = setting(8000, "the port gunicorn listens on", lo=1, hi=65535)
+    workers: int = setting(
+        0,
+        "gunicorn gevent workers (`0`: the CPU count)",
+        lo=0,
+        hi=256,
+        shown="CPU count",
+    )
+    data_dir: Path = setting(Path("var"), "embedded PostgreSQL and Redis data")
+    embedded_pg_port: int = setting(
+        55432, "port of the embedded PostgreSQL", lo=1, hi=65535
+    )
+    embedded_redis_port: int = setting(
+        56379, "port of the embedded Redis", lo=1, hi=65535
+    )
+    poll_timeout_max_secs: int = setting(
+        POLL_TIMEOUT_MAX_SECS,
+        "the largest `timeout` accepted (NAT boxes drop idle connections at ~60 s)",
+        lo=1,
+        hi=300,
+    )
+    poll_timeout_default_secs: int = setting(
+        POLL_TIMEOUT_DEFAULT_SECS,
+        "long-poll timeout when the client gives none",
+        lo=0,
+        hi="poll_timeout_max_secs",
+    )
+    max_polls_per_user: int = setting(
+        8,
+        "polls of one user held at once per worker; the oldest is answered early",
+        lo=1,
+        hi=1000,
+    )
+    event_retention_days: int = setting(
+        30,
+        "events older than this are trimmed; older cursors get 410",
+        lo=1,
+        hi=3650,
+    )
+    db_pool_size: int = setting(
+        10, "connections per physical database per worker", lo=1, hi=500
+    )
+    db_checkout_timeout_secs: float = setting(
+        2.0, "waiting longer for a connection answers 503", lo=0.05, hi=60
+    )
+    db_connect_timeout_secs: int = setting(
+        3, "bound on connecting to PostgreSQL", lo=1, hi=60
+    )
+    db_statement_timeout_ms: int = setting(
+        15_000, "PostgreSQL `statement_timeout`", lo=100, hi=600_000
+    )
+    redis_pool_size: int = setting(
+        200,
+        "Redis connections per worker (the dispatcher has its own)",
+        lo=2,
+        hi=10_000,
+    )
+    sweeper_interval_secs: float = setting(
+        2.0, "how often each worker looks for unfinished fan-outs", lo=0.05, hi=3600
+    )
+    presence_grace_secs: float = setting(
+        30.0,
+        "a user is online while a poll is held and this long after one was "
+        "answered (API.md)",
+        lo=0.1,
+        hi=3600,
+    )
+    trusted_proxies: int = setting(
+        0,
+        "proxies in front (nginx: `1`); only then are `X-Forwarded-*` trusted",
+        lo=0,
+        hi=10,
+    )
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        "comma-separated origins allowed to call the API from a browser",
+        shown="– (none)",
+        read=_read_origins,
+    )
+    rate_limits: str = setting(
+        "on",
+        "`on` (the defaults below), `off` (none: benchmarks, test rigs), or "
+        "overrides such as `send=60/10s,login=5/1m,typing=off`",
+        read=_read_rate_limits,
+    )
+    metrics_token: str = setting(
+        "",
+        "a bearer token (16+ characters) that may read `/metrics` besides users' "
+        "tokens: give it to Prometheus",
+        min_length=16,
+    )
+    # gunicorn.conf.py sets it to a temporary folder when unset; None in a
+    # single process.
+    metrics_dir: Path | None = setting(
+        None,
+        "where gunicorn's workers keep their metric files; cleared at start",
+        shown="a temporary folder",
+    )
+    push_allow_private: bool = setting(
+        False, "`1` allows webhook URLs on loopback/private addresses"
+    )
+    push_coalesce_secs: float = setting(
+        3.0,
+        "messages to one offline member in one conversation within this window "
+        "make one push (`0`: no coalescing)",
+        lo=0,
+        hi=60,
+    )
+    push_max_attempts: int = setting(
+        6, "tries per push and device before it is dead-lettered", lo=1, hi=50
+    )
     # Retry n waits about base * 2**(n-1) seconds (jittered, capped).
-    push_backoff_base_secs: float = 2.0
-    push_concurrency: int = 10
-    log_level: str = "INFO"
-    log_json: bool = True
-    # Polls of one user held at once on one worker; the oldest is answered early.
-    max_polls_per_user: int = 8
-    sweeper_interval_secs: float = 2.0
-    # API.md: online = a poll held now or answered less than this long ago.
-    presence_grace_secs: float = 30.0
-    embedded_pg_port: int = 55432
-    embedded_redis_port: int = 56379
-    trusted_proxies: int = 0
-    cors_origins: tuple[str, ...] = ()
-    extra: Mapping[str, str] = field(default_factory=dict)
+    push_backoff_base_secs: float = setting(
+        2.0,
+        "the wait after the first failure; it doubles after each (jittered, at "
+        "most 10 min)",
+        lo=0.01,
+        hi=3600,
+    )
+    push_timeout_secs: float = setting(
+        5.0, "connect and read timeout of a webhook call", lo=0.1, hi=60
+    )
+    push_concurrency: int = setting(
+        10, "deliveries in flight per push worker process", lo=1, hi=1000
+    )
+    log_level: str = setting(
+        "INFO",
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR`",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        read=_read_log_level,
+    )
+    log_json: bool = setting(True, "one JSON object per log line")
 
     @property
     def is_embedded(self) -> bool:
@@ -98,54 +319,6 @@ class Settings:
     def resolved_directory_url(self) -> str:
         """The directory database: MESSENGER_DIRECTORY_URL or the first shard's."""
         return self.directory_url or self.resolved_shard_map()[0].dsn
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {raw!r}.") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, not {value}.")
-    return value
-
-
-def _float(
-    env: Mapping[str, str], name: str, default: float, lo: float, hi: float
-) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}.") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, not {value}.")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 1 or 0 (true/false), not {raw!r}.")
-
-
-_DSN_RE = re.compile(r"^postgres(ql)?://")
-
-
-def _dsn(name: str, value: str) -> str:
-    if not _DSN_RE.match(value):
-        raise ConfigError(f"{name} must be a postgresql:// URL, not {value[:40]!r}.")
-    return value
 
 
 def parse_shard_map(raw: str, shards: int) -> tuple[ShardRange, ...]:
@@ -192,20 +365,45 @@ class RateLimit:
     window_secs: int
 
 
-# Defaults of MESSENGER_RATE_LIMITS (the README lists them). Subjects: the user
-# for send/typing/conversation, the user and conversation for
-# typing_conversation; the client IP for register/login; the handle
-# tried for login_handle (slows guessing one account's password from many IPs).
-DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {
-    "send": RateLimit(30, 10),
-    "typing": RateLimit(20, 10),
+@dataclass(frozen=True)
+class DefaultRateLimit:
+    """A default of MESSENGER_RATE_LIMITS, with what the README says of it."""
+
+    limit: RateLimit
+    # Whose requests count together (the subject ratelimit.check is given).
+    per: str
+    slows: str
+
+
+# The README's rate limit table is made from these (rate_limits_table()).
+RATE_LIMIT_DEFAULTS: Mapping[str, DefaultRateLimit] = {
+    "send": DefaultRateLimit(RateLimit(30, 10), "user", "message floods"),
+    "typing": DefaultRateLimit(RateLimit(20, 10), "user", "runaway clients"),
     # Typing indicators last seconds; more than one a second per conversation is
     # a client bug, not a person typing.
-    "typing_conversation": RateLimit(1, 1),
-    "conversation": RateLimit(30, 60),
-    "register": RateLimit(20, 3600),
-    "login": RateLimit(20, 60),
-    "login_handle": RateLimit(10, 300),
+    "typing_conversation": DefaultRateLimit(
+        RateLimit(1, 1),
+        "user and conversation",
+        "typing indicators repeated faster than anyone types",
+    ),
+    "conversation": DefaultRateLimit(
+        RateLimit(30, 60), "user", "creating conversations"
+    ),
+    "register": DefaultRateLimit(
+        RateLimit(20, 3600), "client address", "account farming"
+    ),
+    "login": DefaultRateLimit(
+        RateLimit(20, 60), "client address", "password guessing from one address"
+    ),
+    "login_handle": DefaultRateLimit(
+        RateLimit(10, 300),
+        "handle tried",
+        "guessing one account's password from many addresses; the same answer "
+        "whether the handle exists or not",
+    ),
+}
+DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {
+    name: default.limit for name, default in RATE_LIMIT_DEFAULTS.items()
 }
 _WINDOW_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 _RATE_RE = re.compile(r"^(\d{1,9})/(\d{1,6})([smh]?)$")
@@ -243,115 +441,154 @@ def parse_rate_limits(raw: str) -> dict[str, RateLimit]:
     return limits
 
 
-def _metrics_token(env: Mapping[str, str]) -> str:
-    token = env.get("MESSENGER_METRICS_TOKEN", "")
-    if token and len(token) < 16:
-        raise ConfigError("MESSENGER_METRICS_TOKEN must be at least 16 characters.")
-    return token
+def variable(name: str) -> str:
+    """The environment variable of a Settings field: shards → MESSENGER_SHARDS."""
+    return PREFIX + name.upper()
+
+
+def _spec(f: Any) -> Spec:
+    spec = f.metadata["setting"]
+    assert isinstance(spec, Spec), f.name
+    return spec
+
+
+def _value_type(name: str) -> Any:
+    """The field's type without its `| None`."""
+    hint = typing.get_type_hints(Settings)[name]
+    if isinstance(hint, UnionType):
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _bound(spec_bound: float | str | None, earlier: Mapping[str, Any]) -> Any:
+    return earlier[spec_bound] if isinstance(spec_bound, str) else spec_bound
+
+
+def _read_typed(
+    name: str, raw: str, kind: Any, spec: Spec, earlier: Mapping[str, Any]
+) -> Any:
+    if kind is bool:
+        text = raw.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be 1 or 0 (true/false), not {text!r}.")
+    if kind is int or kind is float:
+        try:
+            value = kind(raw)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{name} must be {what}, not {raw!r}.") from None
+        lo, hi = _bound(spec.lo, earlier), _bound(spec.hi, earlier)
+        # Written so that NaN is out of bounds too.
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name} must be between {lo} and {hi}, not {value}.")
+        return value
+    if kind is Path:
+        return Path(raw)
+    if kind is str:
+        return raw
+    raise TypeError(f"{name}: give setting() a read= for {kind!r}")
+
+
+def _default(f: Any, earlier: Mapping[str, Any]) -> Any:
+    spec = _spec(f)
+    if isinstance(spec.hi, str):
+        return min(f.default, earlier[spec.hi])
+    return f.default
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings from the environment.
+    """Read the settings from the environment; an unset or empty variable keeps
+    the default.
 
     Raises:
         ConfigError: a value is invalid (the message names the variable).
     """
     env = os.environ if env is None else env
-    shards = _int(env, "MESSENGER_SHARDS", 64, 1, 4096)
-    database_url = env.get("MESSENGER_DATABASE_URL") or None
-    if database_url:
-        _dsn("MESSENGER_DATABASE_URL", database_url)
-    shard_map: tuple[ShardRange, ...] = ()
-    if env.get("MESSENGER_SHARD_MAP"):
-        shard_map = parse_shard_map(env["MESSENGER_SHARD_MAP"], shards)
-    directory_url = env.get("MESSENGER_DIRECTORY_URL") or None
-    if directory_url:
-        _dsn("MESSENGER_DIRECTORY_URL", directory_url)
-    redis_url = env.get("MESSENGER_REDIS_URL") or None
-    if redis_url and not re.match(r"^rediss?://", redis_url):
-        raise ConfigError("MESSENGER_REDIS_URL must be a redis:// or rediss:// URL.")
-    poll_max = _int(
-        env, "MESSENGER_POLL_TIMEOUT_MAX_SECS", POLL_TIMEOUT_MAX_SECS, 1, 300
-    )
-    poll_default = _int(
-        env,
-        "MESSENGER_POLL_TIMEOUT_DEFAULT_SECS",
-        min(POLL_TIMEOUT_DEFAULT_SECS, poll_max),
-        0,
-        poll_max,
-    )
-    rate_limits = env.get("MESSENGER_RATE_LIMITS", "on").strip() or "on"
-    parse_rate_limits(rate_limits)  # a bad value stops start-up
-    secret_key = env.get("MESSENGER_SECRET_KEY", "")
-    if secret_key and len(secret_key) < 16:
-        raise ConfigError("MESSENGER_SECRET_KEY must be at least 16 characters.")
-    if not secret_key:
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        spec, name = _spec(f), variable(f.name)
+        raw = env.get(name)
+        if (
+            raw is None
+            or raw == ""
+            or (_value_type(f.name) is bool and not raw.strip())
+        ):
+            values[f.name] = _default(f, values)
+            continue
+        if spec.read is not None:
+            value = spec.read(name, raw, values)
+        else:
+            value = _read_typed(name, raw, _value_type(f.name), spec, values)
+        if spec.min_length and len(value) < spec.min_length:
+            raise ConfigError(f"{name} must be at least {spec.min_length} characters.")
+        if spec.choices and value not in spec.choices:
+            *first, last = spec.choices
+            raise ConfigError(f"{name} must be {', '.join(first)} or {last}.")
+        values[f.name] = value
+    if not values["secret_key"]:
         # Only signs nothing persistent today; a random key per process is safe.
-        secret_key = secrets.token_hex(32)
-    log_level = env.get("MESSENGER_LOG_LEVEL", "INFO").upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError("MESSENGER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR.")
-    cors = tuple(
-        o.strip().rstrip("/")
-        for o in env.get("MESSENGER_CORS_ORIGINS", "").split(",")
-        if o.strip()
+        values["secret_key"] = secrets.token_hex(32)
+    return Settings(**values)
+
+
+def _shown_default(f: Any) -> str:
+    spec = _spec(f)
+    if spec.shown is not None:
+        return spec.shown
+    value = f.default
+    if value in (None, (), ""):
+        return "–"
+    if isinstance(value, bool | float) and value == int(value):
+        value = int(value)
+    return f"`{value}`"
+
+
+def _window(secs: int) -> str:
+    if secs % 3600 == 0:
+        return f"{secs // 3600} h"
+    if secs > 60 and secs % 60 == 0:
+        return f"{secs // 60} min"
+    return f"{secs} s"
+
+
+def rate_limits_table() -> str:
+    """The README's table of the default rate limits."""
+    lines = ["| name | default | per | what it slows |", "|---|---|---|---|"]
+    for name, default in RATE_LIMIT_DEFAULTS.items():
+        limit = default.limit
+        lines.append(
+            f"| `{name}` | {limit.count} / {_window(limit.window_secs)} | "
+            f"{default.per} | {default.slows} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every variable, its default, its help."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        spec = _spec(f)
+        lines.append(f"| `{variable(f.name)}` | {_shown_default(f)} | {spec.help} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {"settings": markdown_table, "rate-limits": rate_limits_table}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m messenger.settings --markdown [settings|rate-limits]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m messenger.settings",
+        description="Print a README table made from the declared settings.",
     )
-    for origin in cors:
-        if origin != "*" and not re.match(r"^https?://[^/\s]+$", origin):
-            raise ConfigError(
-                f"MESSENGER_CORS_ORIGINS entries must look like https://host[:port], "
-                f"not {origin!r}."
-            )
-    return Settings(
-        database_url=database_url,
-        shard_map=shard_map,
-        directory_url=directory_url,
-        redis_url=redis_url,
-        shards=shards,
-        secret_key=secret_key,
-        poll_timeout_default_secs=poll_default,
-        poll_timeout_max_secs=poll_max,
-        event_retention_days=_int(env, "MESSENGER_EVENT_RETENTION_DAYS", 30, 1, 3650),
-        db_pool_size=_int(env, "MESSENGER_DB_POOL_SIZE", 10, 1, 500),
-        db_checkout_timeout_secs=_float(
-            env, "MESSENGER_DB_CHECKOUT_TIMEOUT_SECS", 2.0, 0.05, 60
-        ),
-        db_connect_timeout_secs=_int(
-            env, "MESSENGER_DB_CONNECT_TIMEOUT_SECS", 3, 1, 60
-        ),
-        db_statement_timeout_ms=_int(
-            env, "MESSENGER_DB_STATEMENT_TIMEOUT_MS", 15_000, 100, 600_000
-        ),
-        redis_pool_size=_int(env, "MESSENGER_REDIS_POOL_SIZE", 200, 2, 10_000),
-        data_dir=Path(env.get("MESSENGER_DATA_DIR") or "var"),
-        host=env.get("MESSENGER_HOST") or "127.0.0.1",
-        port=_int(env, "MESSENGER_PORT", 8000, 1, 65535),
-        workers=_int(env, "MESSENGER_WORKERS", 0, 0, 256),
-        rate_limits=rate_limits,
-        metrics_dir=Path(env["MESSENGER_METRICS_DIR"])
-        if env.get("MESSENGER_METRICS_DIR")
-        else None,
-        metrics_token=_metrics_token(env),
-        push_allow_private=_bool(env, "MESSENGER_PUSH_ALLOW_PRIVATE", False),
-        push_coalesce_secs=_float(env, "MESSENGER_PUSH_COALESCE_SECS", 3.0, 0, 60),
-        push_max_attempts=_int(env, "MESSENGER_PUSH_MAX_ATTEMPTS", 6, 1, 50),
-        push_timeout_secs=_float(env, "MESSENGER_PUSH_TIMEOUT_SECS", 5.0, 0.1, 60),
-        push_backoff_base_secs=_float(
-            env, "MESSENGER_PUSH_BACKOFF_BASE_SECS", 2.0, 0.01, 3600
-        ),
-        push_concurrency=_int(env, "MESSENGER_PUSH_CONCURRENCY", 10, 1, 1000),
-        log_level=log_level,
-        log_json=_bool(env, "MESSENGER_LOG_JSON", True),
-        max_polls_per_user=_int(env, "MESSENGER_MAX_POLLS_PER_USER", 8, 1, 1000),
-        sweeper_interval_secs=_float(
-            env, "MESSENGER_SWEEPER_INTERVAL_SECS", 2.0, 0.05, 3600
-        ),
-        presence_grace_secs=_float(
-            env, "MESSENGER_PRESENCE_GRACE_SECS", 30.0, 0.1, 3600
-        ),
-        embedded_pg_port=_int(env, "MESSENGER_EMBEDDED_PG_PORT", 55432, 1, 65535),
-        embedded_redis_port=_int(env, "MESSENGER_EMBEDDED_REDIS_PORT", 56379, 1, 65535),
-        trusted_proxies=_int(env, "MESSENGER_TRUSTED_PROXIES", 0, 0, 10),
-        cors_origins=cors,
-        extra={k: v for k, v in env.items() if k.startswith("MESSENGER_")},
+    parser.add_argument(
+        "--markdown", choices=sorted(TABLES), nargs="?", const="settings", required=True
     )
+    sys.stdout.write(TABLES[parser.parse_args(argv).markdown]())
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from typing import Any
 from flask import request
 
 from messenger.errors import BadRequest, NotFound
+from messenger.schemas.base import BIGINT_MAX
 
 # Deeper JSON than this is hostile or broken; refusing it early bounds recursion.
 JSON_MAX_DEPTH = 32
@@ -53,6 +54,6 @@ def _too_deep(raw: bytes) -> bool:
 
 def path_id(value: int) -> int:
     """Path ids beyond a bigint can't exist: 404 like any unknown id."""
-    if not 1 <= value < 2**63:
+    if not 1 <= value <= BIGINT_MAX:
         raise NotFound("No such resource.")
     return value

@@ -9,6 +9,8 @@ from flask import Blueprint, g, request
 from messenger.api import limits
 from messenger.api.auth import authenticated
 from messenger.api.common import path_id, request_json
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.conversations import (
     AddMemberIn,
@@ -23,6 +25,13 @@ bp = Blueprint("conversations", __name__, url_prefix="/v1")
 
 
 @bp.post("/conversations")
+@operation(
+    "Start a direct conversation (200 when it exists already) or a group.",
+    body=lambda: {"oneOf": [env.DirectConversationIn, env.GroupConversationIn]},
+    responses={200: env.ConversationEnvelope, 201: env.ConversationEnvelope},
+    rate_limited=True,
+    errors=(404,),
+)
 @authenticated
 def create_conversation() -> Any:
     limits.per_user("conversation")
@@ -37,6 +46,11 @@ def create_conversation() -> Any:
 
 
 @bp.get("/conversations")
+@operation(
+    "The caller's conversations, most recent activity first.",
+    query=ListQuery,
+    responses={200: env.ConversationPage},
+)
 @authenticated
 def list_conversations() -> Any:
     query = load(ListQuery(), request.args)
@@ -50,6 +64,10 @@ def list_conversations() -> Any:
 
 
 @bp.get("/conversations/<int:conversation_id>")
+@operation(
+    "One conversation with its members.",
+    responses={200: env.ConversationEnvelope},
+)
 @authenticated
 def get_conversation(conversation_id: int) -> Any:
     conv = conversations.get(g.user_id, path_id(conversation_id))
@@ -57,6 +75,12 @@ def get_conversation(conversation_id: int) -> Any:
 
 
 @bp.patch("/conversations/<int:conversation_id>")
+@operation(
+    "Rename a group.",
+    body=UpdateConversationIn,
+    responses={200: env.ConversationEnvelope},
+    errors=(403,),
+)
 @authenticated
 def update_conversation(conversation_id: int) -> Any:
     data = load(UpdateConversationIn(), request_json())
@@ -65,6 +89,7 @@ def update_conversation(conversation_id: int) -> Any:
 
 
 @bp.delete("/conversations/<int:conversation_id>")
+@operation("Delete a group (its owner only).", responses={204: None}, errors=(403,))
 @authenticated
 def delete_conversation(conversation_id: int) -> Any:
     groups.delete(g.user_id, path_id(conversation_id))
@@ -72,6 +97,12 @@ def delete_conversation(conversation_id: int) -> Any:
 
 
 @bp.post("/conversations/<int:conversation_id>/members")
+@operation(
+    "Add a member to a group (any member).",
+    body=AddMemberIn,
+    responses={201: env.ConversationEnvelope},
+    errors=(403, 409),
+)
 @authenticated
 def add_member(conversation_id: int) -> Any:
     data = load(AddMemberIn(), request_json())
@@ -80,6 +111,11 @@ def add_member(conversation_id: int) -> Any:
 
 
 @bp.delete("/conversations/<int:conversation_id>/members/<int:user_id>")
+@operation(
+    "Leave a group, or remove a member (owner only).",
+    responses={204: None},
+    errors=(403,),
+)
 @authenticated
 def remove_member(conversation_id: int, user_id: int) -> Any:
     groups.remove_member(g.user_id, path_id(conversation_id), path_id(user_id))

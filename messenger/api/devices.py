@@ -8,6 +8,8 @@ from flask import Blueprint, g, request
 
 from messenger.api.auth import authenticated
 from messenger.api.common import path_id, request_json
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.devices import DeviceIn, DeviceOut, RegisteredDeviceOut
 from messenger.services import devices
@@ -17,6 +19,12 @@ bp = Blueprint("devices", __name__, url_prefix="/v1")
 
 
 @bp.post("/devices")
+@operation(
+    "Register a webhook for pushes while offline; the secret is shown once.",
+    body=DeviceIn,
+    responses={201: env.DeviceEnvelope},
+    tag="users",
+)
 @authenticated
 def register_device() -> Any:
     data = load(DeviceIn(), request_json())
@@ -30,6 +38,11 @@ def register_device() -> Any:
 
 
 @bp.get("/devices")
+@operation(
+    "The caller's devices (without secrets).",
+    responses={200: env.DeviceList},
+    tag="users",
+)
 @authenticated
 def list_devices() -> Any:
     found = devices.list_devices(g.user_id)
@@ -37,6 +50,7 @@ def list_devices() -> Any:
 
 
 @bp.delete("/devices/<int:device_id>")
+@operation("Remove one of the caller's devices.", responses={204: None}, tag="users")
 @authenticated
 def delete_device(device_id: int) -> Any:
     devices.remove(g.user_id, path_id(device_id))

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, g, request
+from marshmallow import Schema
 
 from messenger import runtime
 from messenger.api.auth import authenticated
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.events import event_json, events_query
 from messenger.services import events
@@ -15,16 +18,28 @@ from messenger.services import events
 bp = Blueprint("events", __name__, url_prefix="/v1")
 
 
+def _query() -> Schema:
+    """The query schema for the configured poll timeouts."""
+    settings = runtime.get().settings
+    return events_query(
+        settings.poll_timeout_max_secs, settings.poll_timeout_default_secs
+    )
+
+
 @bp.get("/events")
+@operation(
+    "The long poll: the caller's events after a cursor.",
+    query=_query,
+    responses={200: env.EventsPage},
+    errors=(410,),
+    description=(
+        "Without `after`: the head cursor at once. With `after`: events after "
+        "it, or held until one arrives or `timeout` seconds pass."
+    ),
+)
 @authenticated
 def poll() -> Any:
-    settings = runtime.get().settings
-    query = load(
-        events_query(
-            settings.poll_timeout_max_secs, settings.poll_timeout_default_secs
-        ),
-        request.args,
-    )
+    query = load(_query(), request.args)
     if "after" not in query:
         return {"events": [], "cursor": events.head(g.user_id), "more": False}
     result = events.poll(

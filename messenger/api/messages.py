@@ -9,19 +9,27 @@ from flask import Blueprint, g, request
 from messenger.api import limits
 from messenger.api.auth import authenticated
 from messenger.api.common import path_id, request_json
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.messages import (
     HistoryQuery,
     ReceiptIn,
     SendMessageIn,
-    message_json,
 )
 from messenger.services import messages, receipts, typing_indicator
+from messenger.views import message_json
 
 bp = Blueprint("messages", __name__, url_prefix="/v1")
 
 
 @bp.post("/conversations/<int:conversation_id>/messages")
+@operation(
+    "Send a message; a retry with the same client_msg_id answers 200.",
+    body=SendMessageIn,
+    responses={200: env.MessageEnvelope, 201: env.MessageEnvelope},
+    rate_limited=True,
+)
 @authenticated
 def send_message(conversation_id: int) -> Any:
     limits.per_user("send")
@@ -31,6 +39,12 @@ def send_message(conversation_id: int) -> Any:
 
 
 @bp.get("/conversations/<int:conversation_id>/messages")
+@operation(
+    "A page of a conversation's messages, ascending seq.",
+    query=HistoryQuery,
+    responses={200: env.MessagePage},
+    description="`before` and `after` exclude each other (422 with both).",
+)
 @authenticated
 def history(conversation_id: int) -> Any:
     query = load(HistoryQuery(), request.args)
@@ -49,6 +63,11 @@ def history(conversation_id: int) -> Any:
 
 
 @bp.post("/conversations/<int:conversation_id>/receipts")
+@operation(
+    "Move the caller's delivered or read position forward.",
+    body=ReceiptIn,
+    responses={204: None},
+)
 @authenticated
 def post_receipt(conversation_id: int) -> Any:
     data = load(ReceiptIn(), request_json())
@@ -57,6 +76,11 @@ def post_receipt(conversation_id: int) -> Any:
 
 
 @bp.post("/conversations/<int:conversation_id>/typing")
+@operation(
+    "Tell the other members the caller is typing (ephemeral).",
+    responses={204: None},
+    rate_limited=True,
+)
 @authenticated
 def typing(conversation_id: int) -> Any:
     limits.per_user("typing")

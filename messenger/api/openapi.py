@@ -1,21 +1,21 @@
 """The OpenAPI 3.1 document of the API, built from the app's routes and schemas.
 
-`build(app)` walks `app.url_map` and describes each (endpoint, method) with its
-entry in OPERATIONS: summary, body, query and response schemas (marshmallow,
-through apispec), success statuses. The error answers follow from what a route
-is: authenticated routes can answer 401, routes with a body 400/413/422, routes
-with ids in the path 404, routes on the databases 503, rate-limited ones 429.
+`build(app)` walks `app.url_map` and describes each route with the @operation
+declared beside it (api/operation.py): summary, body, query and response
+schemas (marshmallow, through apispec, so bounds, enums and patterns come from
+the validators that enforce them), success statuses. The error answers follow
+from what a route is: authenticated routes can answer 401, routes with a body
+400/413/422, routes with ids in the path 404, routes on the databases 503,
+rate-limited ones 429.
 
-A route without an entry here is left out of the document, and
-tests/test_openapi.py fails: add the entry with the route.
+A route without an @operation is left out of the document, and
+tests/test_openapi.py fails.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from apispec import APISpec
@@ -24,244 +24,19 @@ from flask import Flask
 from marshmallow import Schema
 from werkzeug.routing import Rule
 
-from messenger import runtime
 from messenger.api.auth import PUBLIC_ENDPOINTS
+from messenger.api.operation import Operation, SchemaRef, declared_operation
 from messenger.schemas import envelopes as env
-from messenger.schemas.base import UtcTime
-from messenger.schemas.conversations import (
-    AddMemberIn,
-    ConversationOut,
-    ListQuery,
-    MemberOut,
-    UpdateConversationIn,
-)
-from messenger.schemas.devices import DeviceIn, DeviceOut, RegisteredDeviceOut
-from messenger.schemas.events import events_query
-from messenger.schemas.messages import (
-    HistoryQuery,
-    MessageOut,
-    ReceiptIn,
-    SendMessageIn,
-)
-from messenger.schemas.presence import PRESENCE_MAX_IDS, IdList, PresenceQuery
-from messenger.schemas.search import SearchQuery
-from messenger.schemas.users import HandleQuery, LoginIn, RegisterIn, UserOut
-from messenger.services import push_providers
+from messenger.schemas.base import BIGINT_MAX, UtcTime
+from messenger.schemas.conversations import ConversationOut, MemberOut
+from messenger.schemas.devices import DeviceOut, RegisteredDeviceOut
+from messenger.schemas.messages import MessageOut
+from messenger.schemas.presence import IdList
+from messenger.schemas.users import UserOut
 
 API_TITLE = "messenger"
 API_VERSION = "1"
 OPENAPI_VERSION = "3.1.0"
-
-# A schema class, or a function making a schema or a JSON Schema dict.
-SchemaRef = type[Schema] | Callable[[], Schema | dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Operation:
-    """What the document says about one method of one route."""
-
-    summary: str
-    tag: str
-    statuses: tuple[int, ...] = (200,)
-    response: SchemaRef | None = None
-    body: SchemaRef | None = None
-    query: SchemaRef | None = None
-    # The route reads or writes a database (so it can answer 503).
-    uses_database: bool = True
-    rate_limited: bool = False
-    # Errors beyond the ones that follow from the route's shape.
-    errors: tuple[int, ...] = ()
-    media_type: str = "application/json"
-    description: str = ""
-
-
-def _events_query() -> Schema:
-    settings = runtime.get().settings
-    return events_query(
-        settings.poll_timeout_max_secs, settings.poll_timeout_default_secs
-    )
-
-
-_USERS, _CONV, _MSG, _EVT, _OPS = (
-    "users",
-    "conversations",
-    "messages",
-    "events",
-    "operations",
-)
-
-# (endpoint, method) → its description. Keep in the order of API.md.
-OPERATIONS: dict[tuple[str, str], Operation] = {
-    ("users.register", "POST"): Operation(
-        "Create an account.",
-        _USERS,
-        (201,),
-        env.UserEnvelope,
-        body=RegisterIn,
-        rate_limited=True,
-        errors=(409,),
-    ),
-    ("users.login", "POST"): Operation(
-        "Log in: a bearer token for the other routes.",
-        _USERS,
-        (201,),
-        env.SessionOut,
-        body=LoginIn,
-        rate_limited=True,
-        errors=(401,),
-        description="A wrong handle and a wrong password get the same 401.",
-    ),
-    ("users.logout", "DELETE"): Operation(
-        "Revoke the token of this request at once.", _USERS, (204,)
-    ),
-    ("users.me", "GET"): Operation(
-        "The caller's account.", _USERS, response=env.UserEnvelope
-    ),
-    ("users.get_user", "GET"): Operation(
-        "A user by id.", _USERS, response=env.UserEnvelope
-    ),
-    ("users.find_user", "GET"): Operation(
-        "A user by handle.",
-        _USERS,
-        response=env.UserEnvelope,
-        query=HandleQuery,
-        errors=(404,),
-    ),
-    ("conversations.create_conversation", "POST"): Operation(
-        "Start a direct conversation (200 when it exists already) or a group.",
-        _CONV,
-        (200, 201),
-        env.ConversationEnvelope,
-        body=lambda: {
-            "oneOf": [env.DirectConversationIn, env.GroupConversationIn],
-        },
-        rate_limited=True,
-        errors=(404,),
-    ),
-    ("conversations.list_conversations", "GET"): Operation(
-        "The caller's conversations, most recent activity first.",
-        _CONV,
-        response=env.ConversationPage,
-        query=ListQuery,
-    ),
-    ("conversations.get_conversation", "GET"): Operation(
-        "One conversation with its members.", _CONV, response=env.ConversationEnvelope
-    ),
-    ("conversations.update_conversation", "PATCH"): Operation(
-        "Rename a group.",
-        _CONV,
-        response=env.ConversationEnvelope,
-        body=UpdateConversationIn,
-        errors=(403,),
-    ),
-    ("conversations.delete_conversation", "DELETE"): Operation(
-        "Delete a group (its owner only).", _CONV, (204,), errors=(403,)
-    ),
-    ("conversations.add_member", "POST"): Operation(
-        "Add a member to a group (any member).",
-        _CONV,
-        (201,),
-        env.ConversationEnvelope,
-        body=AddMemberIn,
-        errors=(403, 409),
-    ),
-    ("conversations.remove_member", "DELETE"): Operation(
-        "Leave a group, or remove a member (owner only).",
-        _CONV,
-        (204,),
-        errors=(403,),
-    ),
-    ("messages.send_message", "POST"): Operation(
-        "Send a message; a retry with the same client_msg_id answers 200.",
-        _MSG,
-        (200, 201),
-        env.MessageEnvelope,
-        body=SendMessageIn,
-        rate_limited=True,
-    ),
-    ("messages.history", "GET"): Operation(
-        "A page of a conversation's messages, ascending seq.",
-        _MSG,
-        response=env.MessagePage,
-        query=HistoryQuery,
-        description="`before` and `after` exclude each other (422 with both).",
-    ),
-    ("messages.post_receipt", "POST"): Operation(
-        "Move the caller's delivered or read position forward.",
-        _MSG,
-        (204,),
-        body=ReceiptIn,
-    ),
-    ("messages.typing", "POST"): Operation(
-        "Tell the other members the caller is typing (ephemeral).",
-        _MSG,
-        (204,),
-        rate_limited=True,
-    ),
-    ("events.poll", "GET"): Operation(
-        "The long poll: the caller's events after a cursor.",
-        _EVT,
-        response=env.EventsPage,
-        query=_events_query,
-        errors=(410,),
-        description=(
-            "Without `after`: the head cursor at once. With `after`: events after "
-            "it, or held until one arrives or `timeout` seconds pass."
-        ),
-    ),
-    ("presence.presence", "GET"): Operation(
-        "Online status of users sharing a conversation with the caller.",
-        _EVT,
-        response=env.PresenceMap,
-        query=PresenceQuery,
-    ),
-    ("devices.register_device", "POST"): Operation(
-        "Register a webhook for pushes while offline; the secret is shown once.",
-        _USERS,
-        (201,),
-        env.DeviceEnvelope,
-        body=DeviceIn,
-    ),
-    ("devices.list_devices", "GET"): Operation(
-        "The caller's devices (without secrets).", _USERS, response=env.DeviceList
-    ),
-    ("devices.delete_device", "DELETE"): Operation(
-        "Remove one of the caller's devices.", _USERS, (204,)
-    ),
-    ("search.search", "GET"): Operation(
-        "Full-text search over the caller's conversations, newest first.",
-        _MSG,
-        response=env.SearchPage,
-        query=SearchQuery,
-    ),
-    ("ops.healthz", "GET"): Operation(
-        "200 while the process serves.",
-        _OPS,
-        response=env.HealthOut,
-        uses_database=False,
-    ),
-    ("ops.readyz", "GET"): Operation(
-        "200 when every database and Redis answer, else 503 naming what is down.",
-        _OPS,
-        response=env.HealthOut,
-        uses_database=False,
-        errors=(503,),
-    ),
-    ("ops.metrics_text", "GET"): Operation(
-        "Prometheus metrics of every worker.",
-        _OPS,
-        media_type="text/plain",
-        description=(
-            "A user's bearer token or the operator's MESSENGER_METRICS_TOKEN."
-        ),
-    ),
-    ("ops.openapi_document", "GET"): Operation(
-        "This document.", _OPS, uses_database=False
-    ),
-    ("web.index", "GET"): Operation(
-        "The browser client.", "web", uses_database=False, media_type="text/html"
-    ),
-}
 
 # Statuses of error answers and when they happen.
 _ERROR_TEXT = {
@@ -292,10 +67,8 @@ _COMPONENTS: dict[str, type[Schema]] = {
     "Device": DeviceOut,
     "RegisteredDevice": RegisteredDeviceOut,
 }
-# Answers: every documented field is always present (a null where allowed).
-_ALWAYS_COMPLETE = ("User", "Member", "Message", "Conversation", "Device")
 _PATH_PARAM = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
-_INT_PATH = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_INT_PATH = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
 
 
 def openapi_path(rule: str) -> str:
@@ -338,13 +111,32 @@ def _error_response(status: int) -> dict[str, Any]:
     return response
 
 
+def _response(status: int, op: Operation) -> dict[str, Any]:
+    """A success answer, or an error answer in the Error shape unless the
+    operation gives its own body for that status."""
+    response: dict[str, Any] = (
+        _error_response(status)
+        if status >= 400
+        else {"description": _SUCCESS_TEXT[status]}
+    )
+    if status in op.descriptions:
+        response["description"] = op.descriptions[status]
+    ref = op.responses.get(status)
+    if ref is not None:
+        response["content"] = {op.media_type: {"schema": _schema(ref)}}
+    elif status < 400 and status != 204:
+        plain = "object" if op.media_type == "application/json" else "string"
+        response["content"] = {op.media_type: {"schema": {"type": plain}}}
+    return response
+
+
 def _operation(rule: Rule, method: str, op: Operation) -> dict[str, Any]:
     is_public = rule.endpoint.split(".")[-1] in PUBLIC_ENDPOINTS
     has_path_ids = "<" in rule.rule
     out: dict[str, Any] = {
         "operationId": rule.endpoint.replace(".", "_") + "_" + method.lower(),
         "summary": op.summary,
-        "tags": [op.tag],
+        "tags": [op.tag or rule.endpoint.split(".")[0]],
         "responses": {},
     }
     if op.description:
@@ -358,18 +150,6 @@ def _operation(rule: Rule, method: str, op: Operation) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": _schema(op.body)}},
         }
-    for status in op.statuses:
-        response: dict[str, Any] = {"description": _SUCCESS_TEXT[status]}
-        if status != 204:
-            if op.response is not None:
-                response["content"] = {op.media_type: {"schema": _schema(op.response)}}
-            else:
-                response["content"] = {op.media_type: {"schema": {"type": "string"}}}
-                if op.media_type == "application/json":
-                    response["content"] = {
-                        op.media_type: {"schema": {"type": "object"}}
-                    }
-        out["responses"][str(status)] = response
     errors = set(op.errors)
     if not is_public:
         errors.add(401)
@@ -383,14 +163,8 @@ def _operation(rule: Rule, method: str, op: Operation) -> dict[str, Any]:
         errors.add(503)
     if op.rate_limited:
         errors.add(429)
-    for status in sorted(errors):
-        out["responses"][str(status)] = _error_response(status)
-    if (rule.endpoint, method) == ("ops.readyz", "GET"):
-        out["responses"]["503"] = {
-            "description": "Not ready: `down` names what does not answer.",
-            "headers": _error_response(503)["headers"],
-            "content": {"application/json": {"schema": env.ReadyOut()}},
-        }
+    for status in sorted(errors | set(op.responses)):
+        out["responses"][str(status)] = _response(status, op)
     return out
 
 
@@ -422,7 +196,7 @@ def build(app: Flask) -> dict[str, Any]:
     by_path: dict[str, dict[str, Any]] = {}
     path_params: dict[str, list[dict[str, Any]]] = {}
     for rule, method in documented_rules(app):
-        op = OPERATIONS.get((rule.endpoint, method))
+        op = declared_operation(app.view_functions[rule.endpoint])
         if op is None:
             continue
         path = openapi_path(rule.rule)
@@ -447,36 +221,9 @@ def build(app: Flask) -> dict[str, Any]:
 
 
 def _finish(doc: dict[str, Any]) -> None:
-    """Adjust what apispec can't infer from the schemas."""
-    schemas = doc["components"]["schemas"]
-    for name in _ALWAYS_COMPLETE:
-        schemas[name]["required"] = sorted(schemas[name]["properties"])
-    schemas["RegisteredDevice"]["required"] = sorted(
-        schemas["RegisteredDevice"]["properties"]
-    )
-    schemas["Conversation"]["properties"]["kind"]["enum"] = ["direct", "group"]
-    schemas["Member"]["properties"]["role"]["enum"] = ["owner", "member"]
-    schemas["DeviceIn"]["properties"]["kind"]["enum"] = sorted(
-        push_providers.providers(runtime.get().settings)
-    )
-    # A fields.Method: apispec can't know it dumps a Message or null.
-    schemas["Conversation"]["properties"]["last_message"] = {
-        "anyOf": [{"$ref": "#/components/schemas/Message"}, {"type": "null"}]
-    }
-    # Shapes the services check by hand, so the query schemas can't tell apispec.
-    _set_pattern(
-        doc,
-        "/v1/presence",
-        "user_ids",
-        f"^[1-9][0-9]{{0,17}}(,[1-9][0-9]{{0,17}}){{0,{PRESENCE_MAX_IDS - 1}}}$",
-    )
-    # schemas.search: a non-space character somewhere; the class spelled out so
-    # that Python, ECMA and Rust regexes agree on what space is.
-    _set_pattern(doc, "/v1/search", "q", r"[^\s\x1c-\x1f\x85\ufeff]", keep_length=True)
-    # services.search cursors: "<microseconds>.<conversation id>.<seq>".
-    _set_pattern(
-        doc, "/v1/search", "before", r"^[0-9]{1,17}\.[0-9]{1,18}\.[0-9]{1,18}$"
-    )
+    """What apispec can't say from the schemas alone: Python's \\Z in JSON
+    Schema's terms, the NUL rule of schemas.base.load, and that answers (unlike
+    bodies) may gain fields."""
     for schema in _walk_schemas(doc):
         # Python's end anchor \Z is JSON Schema's $ (patterns never match newlines).
         pattern = schema.get("pattern")
@@ -501,17 +248,6 @@ def _finish(doc: dict[str, Any]) -> None:
 
 
 _NO_NUL = "^[^\\x00]*$"
-
-
-def _set_pattern(
-    doc: dict[str, Any], path: str, name: str, pattern: str, keep_length: bool = False
-) -> None:
-    for param in doc["paths"].get(path, {}).get("get", {}).get("parameters", []):
-        if param["name"] == name:
-            if not keep_length:
-                param["schema"].pop("minLength", None)
-                param["schema"].pop("maxLength", None)
-            param["schema"]["pattern"] = pattern
 
 
 def _walk_schemas(node: Any) -> list[dict[str, Any]]:

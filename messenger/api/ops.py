@@ -9,18 +9,34 @@ from flask import Blueprint, Response, current_app
 from messenger import metrics, runtime
 from messenger.api import openapi
 from messenger.api.auth import bearer_token, public
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.services import health, monitoring
 
 bp = Blueprint("ops", __name__)
+TAG = "operations"
 
 
 @bp.get("/healthz")
+@operation(
+    "200 while the process serves.",
+    responses={200: env.HealthOut},
+    tag=TAG,
+    uses_database=False,
+)
 @public
 def healthz() -> Any:
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@operation(
+    "200 when every database and Redis answer, else 503 naming what is down.",
+    responses={200: env.HealthOut, 503: env.ReadyOut},
+    descriptions={503: "Not ready: `down` names what does not answer."},
+    tag=TAG,
+    uses_database=False,
+)
 @public
 def readyz() -> Any:
     down = health.check_dependencies()
@@ -41,6 +57,13 @@ def readyz() -> Any:
 
 
 @bp.get("/metrics")
+@operation(
+    "Prometheus metrics of every worker.",
+    responses={200: None},
+    tag=TAG,
+    media_type="text/plain",
+    description="A user's bearer token or the operator's MESSENGER_METRICS_TOKEN.",
+)
 def metrics_text() -> Any:
     monitoring.authorize_scrape(bearer_token())
     monitoring.refresh_gauges()
@@ -50,6 +73,7 @@ def metrics_text() -> Any:
 
 
 @bp.get("/v1/openapi.json")
+@operation("This document.", responses={200: None}, tag=TAG, uses_database=False)
 @public
 def openapi_document() -> Any:
     return openapi.document(current_app)

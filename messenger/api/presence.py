@@ -7,6 +7,8 @@ from typing import Any
 from flask import Blueprint, g, request
 
 from messenger.api.auth import authenticated
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.presence import PresenceQuery, presence_json
 from messenger.services import presence as presence_service
@@ -15,6 +17,12 @@ bp = Blueprint("presence", __name__, url_prefix="/v1")
 
 
 @bp.get("/presence")
+@operation(
+    "Online status of users sharing a conversation with the caller.",
+    query=PresenceQuery,
+    responses={200: env.PresenceMap},
+    tag="events",
+)
 @authenticated
 def presence() -> Any:
     query = load(PresenceQuery(), request.args)

@@ -7,15 +7,23 @@ from typing import Any
 from flask import Blueprint, g, request
 
 from messenger.api.auth import authenticated
+from messenger.api.operation import operation
+from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
-from messenger.schemas.messages import message_json
 from messenger.schemas.search import SearchQuery
 from messenger.services import search as search_service
+from messenger.views import message_json
 
 bp = Blueprint("search", __name__, url_prefix="/v1")
 
 
 @bp.get("/search")
+@operation(
+    "Full-text search over the caller's conversations, newest first.",
+    query=SearchQuery,
+    responses={200: env.SearchPage},
+    tag="messages",
+)
 @authenticated
 def search() -> Any:
     query = load(SearchQuery(), request.args)

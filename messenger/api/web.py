@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, send_from_directory
 
 from messenger.api.auth import public
+from messenger.api.operation import operation
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 
@@ -17,6 +18,12 @@ bp = Blueprint(
 
 
 @bp.get("/")
+@operation(
+    "The browser client.",
+    responses={200: None},
+    uses_database=False,
+    media_type="text/html",
+)
 @public
 def index() -> Any:
     response = send_from_directory(STATIC_DIR, "index.html")

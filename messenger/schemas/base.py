@@ -1,15 +1,21 @@
-"""The strict base schema, UTC times, and the limits of API.md."""
+"""The strict base schemas, UTC times, and the limits of API.md.
+
+The OpenAPI document is made from these schemas (api/openapi.py, through
+apispec): a bound, an enum or a pattern is written once, as a validator (or,
+for a field that parses by hand, as its `pattern` metadata), and the document
+publishes what the validator enforces.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 from werkzeug.datastructures import MultiDict
 
 from messenger.errors import ValidationFailed
+from messenger.views import format_time
 
 HANDLE = validate.Regexp(
     r"^[a-z0-9_]{3,32}\Z", error="3 to 32 characters of a-z, 0-9 and _."
@@ -21,19 +27,11 @@ BODY = validate.Length(min=1, max=4000)
 CLIENT_MSG_ID = validate.Regexp(
     r"^[A-Za-z0-9_-]{1,64}\Z", error="1 to 64 characters of A-Z, a-z, 0-9, _ and -."
 )
-GROUP_MAX_MEMBERS = 500
 PAGE_LIMIT_DEFAULT = 50
 PAGE_LIMIT_MAX = 200
-# Ids are PostgreSQL bigints.
-ID_RANGE = validate.Range(min=1, max=2**63 - 1)
-
-
-def format_time(value: datetime) -> str:
-    """ISO-8601 UTC with milliseconds: 2026-11-26T21:47:42.123Z."""
-    if value.utcoffset():
-        value = value.astimezone(UTC)
-    # isoformat is several times faster than strftime (this runs per message).
-    return value.isoformat(timespec="milliseconds")[:23] + "Z"
+# Ids and seqs are PostgreSQL bigints.
+BIGINT_MAX = 2**63 - 1
+ID_RANGE = validate.Range(min=1, max=BIGINT_MAX)
 
 
 class UtcTime(fields.Field):
@@ -56,7 +54,7 @@ class StrictInteger(fields.Integer):
     ) -> Any:
         if isinstance(value, bool):
             raise self.make_error("invalid")
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        if isinstance(value, float) and value.is_integer() and abs(value) <= BIGINT_MAX:
             value = int(value)
         return super()._deserialize(value, attr, data, **kwargs)
 
@@ -67,6 +65,24 @@ class Id(StrictInteger):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("validate", ID_RANGE)
         super().__init__(**kwargs)
+
+
+class Contains(validate.Regexp):
+    """Valid when the regex matches anywhere in the value (JSON Schema's
+    unanchored `pattern`), not only at its start as validate.Regexp does."""
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.search(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class CompleteOut(Schema):
+    """An answer whose every field is always present (null where allowed): the
+    document marks them all required."""
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        field_obj.required = True
 
 
 class StrictSchema(Schema):

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from messenger.models import Conversation
 from messenger.schemas.base import (
-    GROUP_MAX_MEMBERS,
     TITLE,
+    CompleteOut,
     Id,
     QuerySchema,
     StrictSchema,
     UtcTime,
     limit_field,
 )
-from messenger.schemas.messages import message_json
+from messenger.schemas.messages import MessageOut
+from messenger.services import cursors
+from messenger.services.conversations import GROUP_MAX_MEMBERS
+
+CONVERSATION_KINDS = ("direct", "group")
+MEMBER_ROLES = ("owner", "member")
 
 
 class CreateConversationIn(StrictSchema):
-    kind = fields.String(required=True, validate=validate.OneOf(["direct", "group"]))
+    kind = fields.String(required=True, validate=validate.OneOf(CONVERSATION_KINDS))
     user_id = Id()
     title = fields.String(validate=TITLE)
     member_ids = fields.List(Id(), validate=validate.Length(max=GROUP_MAX_MEMBERS))
@@ -54,38 +58,29 @@ class AddMemberIn(StrictSchema):
 
 class ListQuery(QuerySchema):
     limit = limit_field()
-    # "<microseconds>.<conversation id>", as services.conversations encodes it;
-    # the bounds keep both within what the service can decode.
+    # "<microseconds>.<conversation id>", as services.conversations encodes it.
     before = fields.String(
-        validate=validate.Regexp(
-            r"^[0-9]{1,17}\.[0-9]{1,18}\Z",
-            error="A cursor returned as next by an earlier page.",
-        )
+        validate=validate.Regexp(cursors.pattern(1), error=cursors.INVALID)
     )
 
 
-class MemberOut(Schema):
+class MemberOut(CompleteOut):
     user_id = fields.Integer()
-    role = fields.String()
+    role = fields.String(validate=validate.OneOf(MEMBER_ROLES))
     read_seq = fields.Integer()
     delivered_seq = fields.Integer()
 
 
-class ConversationOut(Schema):
+class ConversationOut(CompleteOut):
+    """A Conversation; views.conversation_json writes the same for events."""
+
     id = fields.Integer(attribute="conversation_id")
-    kind = fields.String()
+    kind = fields.String(validate=validate.OneOf(CONVERSATION_KINDS))
     title = fields.String(allow_none=True)
     owner_id = fields.Integer(allow_none=True)
     created_at = UtcTime()
     last_seq = fields.Integer()
-    last_message = fields.Method("_last_message")
+    last_message = fields.Nested(MessageOut, allow_none=True)
     read_seq = fields.Integer()
     unread_count = fields.Integer()
     members = fields.List(fields.Nested(MemberOut))
-
-    def _last_message(self, conv: Conversation) -> dict[str, Any] | None:
-        return message_json(conv.last_message) if conv.last_message else None
-
-
-def conversation_json(conv: Conversation) -> dict[str, Any]:
-    return ConversationOut().dump(conv)  # type: ignore[no-any-return]

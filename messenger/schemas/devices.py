@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from messenger.schemas.base import StrictSchema, UtcTime
+from messenger.schemas.base import CompleteOut, StrictSchema, UtcTime
+from messenger.services.push_providers import PROVIDER_FACTORIES
 
 # Longer URLs are not webhooks anyone types (services/push_providers.py agrees).
 DEVICE_URL_MAX = 2048
 
 
 class DeviceIn(StrictSchema):
-    # Checked against the registered push providers by services.devices.
-    kind = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    # The registered push providers (services.devices checks it again).
+    kind = fields.String(
+        required=True, validate=validate.OneOf(sorted(PROVIDER_FACTORIES))
+    )
     url = fields.String(
         required=True, validate=validate.Length(min=1, max=DEVICE_URL_MAX)
     )
 
 
-class DeviceOut(Schema):
+class DeviceOut(CompleteOut):
     """A device as GET /v1/devices shows it: never with its secret."""
 
     id = fields.Integer(attribute="device_id")

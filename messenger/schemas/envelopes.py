@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from messenger.schemas.base import GROUP_MAX_MEMBERS, TITLE, Id, StrictSchema
+from messenger.schemas.base import TITLE, Id, StrictSchema
 from messenger.schemas.conversations import ConversationOut
 from messenger.schemas.devices import DeviceOut, RegisteredDeviceOut
 from messenger.schemas.messages import MessageOut
 from messenger.schemas.users import UserOut
+from messenger.services.conversations import GROUP_MAX_MEMBERS
 
 ERROR_CODES = (
     "bad_request",

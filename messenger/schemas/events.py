@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from messenger.models import Event
 from messenger.schemas.base import QuerySchema
-from messenger.schemas.messages import message_json
+from messenger.views import message_json
 
 EVENTS_LIMIT_DEFAULT = 100
 EVENTS_LIMIT_MAX = 500
@@ -51,11 +51,3 @@ def event_json(event: Event) -> dict[str, Any]:
             else value
         )
     return out
-
-
-class EventsOut(Schema):
-    """Documentation of the answer (the hot path builds it with event_json)."""
-
-    events = fields.List(fields.Dict())
-    cursor = fields.String()
-    more = fields.Boolean()

@@ -6,10 +6,16 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
-from messenger.schemas.base import QuerySchema
+from messenger.schemas.base import BIGINT_MAX, QuerySchema
 
 # One conversation list's worth of peers; more in one call is a client bug.
 PRESENCE_MAX_IDS = 200
+# What clients send: 1 to PRESENCE_MAX_IDS ids, comma-separated. IdList also
+# forgives spaces, empty parts and repeats, so everything this matches is
+# accepted (tests/test_openapi.py checks it); the document publishes it.
+USER_IDS_PATTERN = (
+    rf"^[1-9][0-9]{{0,17}}(,[1-9][0-9]{{0,17}}){{0,{PRESENCE_MAX_IDS - 1}}}$"
+)
 
 
 class IdList(fields.Field):
@@ -30,7 +36,7 @@ class IdList(fields.Field):
             if not part.isascii() or not part.isdigit() or len(part) > 19:
                 raise ValidationError(f"Not a user id: {part[:20]!r}.")
             user_id = int(part)
-            if not 1 <= user_id < 2**63:
+            if not 1 <= user_id <= BIGINT_MAX:
                 raise ValidationError(f"Not a user id: {part[:20]!r}.")
             ids.append(user_id)
         return list(dict.fromkeys(ids))
@@ -39,7 +45,10 @@ class IdList(fields.Field):
 class PresenceQuery(QuerySchema):
     user_ids = IdList(
         required=True,
-        metadata={"description": "Comma-separated user ids, e.g. 1,2,3."},
+        metadata={
+            "description": "Comma-separated user ids, e.g. 1,2,3.",
+            "pattern": USER_IDS_PATTERN,
+        },
     )
 
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from messenger.schemas.base import QuerySchema, limit_field
+from messenger.schemas.base import Contains, QuerySchema, limit_field
+from messenger.services import cursors
 
 SEARCH_QUERY_MAX = 200
+# A character that is not space, written out so that Python, ECMA and Rust
+# regexes agree on it: Python's \s also covers \x1c-\x1f and \x85, ECMA's also
+# covers the BOM (\ufeff). A query needs one somewhere.
+WORD_CHARACTER = r"[^\s\x1c-\x1f\x85\ufeff]"
 
 
 class SearchQuery(QuerySchema):
@@ -14,11 +19,12 @@ class SearchQuery(QuerySchema):
         required=True,
         validate=[
             validate.Length(min=1, max=SEARCH_QUERY_MAX),
-            # Anywhere in q (re.match anchors at the start; `.` stops at a
-            # newline). The BOM counts as space, as in JSON Schema's \s.
-            validate.Regexp(r"(?s).*[^\s\ufeff]", error="Give at least one word."),
+            Contains(WORD_CHARACTER, error="Give at least one word."),
         ],
         metadata={"description": 'Words, "phrases", or, -word (web search style).'},
     )
     limit = limit_field()
-    before = fields.String(validate=validate.Length(min=1, max=64))
+    # "<microseconds>.<conversation id>.<seq>", as services.search encodes it.
+    before = fields.String(
+        validate=validate.Regexp(cursors.pattern(2), error=cursors.INVALID)
+    )

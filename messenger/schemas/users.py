@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from messenger.schemas.base import (
     DISPLAY_NAME,
     HANDLE,
     PASSWORD,
+    CompleteOut,
     QuerySchema,
     StrictSchema,
     UtcTime,
@@ -30,7 +31,7 @@ class HandleQuery(QuerySchema):
     handle = fields.String(required=True, validate=HANDLE)
 
 
-class UserOut(Schema):
+class UserOut(CompleteOut):
     id = fields.Integer(attribute="user_id")
     handle = fields.String()
     display_name = fields.String()

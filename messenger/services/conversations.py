@@ -13,43 +13,39 @@ from datetime import datetime
 from messenger import runtime
 from messenger.errors import NotFound, ValidationFailed
 from messenger.models import Conversation, Member, Message
-from messenger.schemas.base import GROUP_MAX_MEMBERS
-from messenger.schemas.conversations import conversation_json
 from messenger.services import accounts, cursors, fanout
 from messenger.storage import conversations as store
 from messenger.storage import events as event_store
 from messenger.storage import users as user_store
+from messenger.views import conversation_json
 
 logger = logging.getLogger(__name__)
 
-_CLAIM_PAIR = """
-INSERT INTO {s}.direct_pairs (user_lo, user_hi, conversation_id) VALUES (%s, %s, %s)
-ON CONFLICT DO NOTHING RETURNING conversation_id
-"""
-_FIND_PAIR = """
-SELECT conversation_id FROM {s}.direct_pairs WHERE user_lo = %s AND user_hi = %s
-"""
+# API.md: a group has at most 500 members (schemas publish it, create_group and
+# groups.add_member enforce it).
+GROUP_MAX_MEMBERS = 500
 
 
-def _conversation(
-    row: store.ConversationRow,
+def assemble(
+    record: store.ConversationRecord,
     members: list[Member],
     viewer_id: int | None,
     last_message: Message | None,
 ) -> Conversation:
-    conversation_id, kind, title, owner_id, created_at, last_seq = row
+    """The Conversation as viewer_id sees it (its read position, its unread count);
+    every answer and event showing a conversation is built here."""
     read_seq = next((m.read_seq for m in members if m.user_id == viewer_id), 0)
     return Conversation(
-        conversation_id=conversation_id,
-        kind=kind,
-        title=title,
-        owner_id=owner_id,
-        created_at=created_at,
-        last_seq=last_seq,
+        conversation_id=record.conversation_id,
+        kind=record.kind,
+        title=record.title,
+        owner_id=record.owner_id,
+        created_at=record.created_at,
+        last_seq=record.last_seq,
         members=tuple(members),
         last_message=last_message,
         read_seq=read_seq,
-        unread_count=max(0, last_seq - read_seq),
+        unread_count=max(0, record.last_seq - read_seq),
     )
 
 
@@ -65,10 +61,10 @@ def _create(
     with router.on_conversation(conversation_id, "create_conversation") as cur:
         created = store.insert(cur, conversation_id, kind, title, owner_id)
         store.insert_members(cur, conversation_id, member_ids, owner_id)
-        row = store.get(cur, conversation_id)
+        record = store.get(cur, conversation_id)
         members = store.members_of(cur, [conversation_id])[conversation_id]
-        assert row is not None
-        conv = _conversation(row, members, None, None)
+        assert record is not None
+        conv = assemble(record, members, None, None)
         if created:
             # The new conversation enters every member's list and stream.
             event_store.insert_outbox(
@@ -105,18 +101,14 @@ def get_or_create_direct(user_id: int, peer_id: int) -> tuple[Conversation, bool
     lo, hi = sorted((user_id, peer_id))
     router = runtime.get().router
     with router.directory("find_direct", transaction=False) as cur:
-        row = cur.run(_FIND_PAIR, (lo, hi)).fetchone()
+        conversation_id = store.find_direct_pair(cur, lo, hi)
     created = False
-    if row is None:
+    if conversation_id is None:
         with router.directory("claim_direct") as cur:
             new_id = user_store.next_id(cur)
-            claimed = cur.run(_CLAIM_PAIR, (lo, hi, new_id)).fetchone()
-            if claimed is None:
-                row = cur.run(_FIND_PAIR, (lo, hi)).fetchone()
-            else:
-                row, created = claimed, True
-    assert row is not None  # claimed, or found after losing the race to claim
-    conversation_id = int(row[0])
+            created = store.claim_direct_pair(cur, lo, hi, new_id)
+            conversation_id = new_id if created else store.find_direct_pair(cur, lo, hi)
+    assert conversation_id is not None  # claimed, or found after losing the race
     conv = _create(conversation_id, "direct", None, None, [lo, hi])
     return get(user_id, conv.conversation_id), created
 
@@ -158,17 +150,12 @@ def get(user_id: int, conversation_id: int) -> Conversation:
     with router.on_conversation(
         conversation_id, "get_conversation", transaction=False
     ) as cur:
-        row = store.get_for_member(cur, conversation_id, user_id)
-        if row is None:
+        record = store.get_for_member(cur, conversation_id, user_id)
+        if record is None:
             raise NotFound("No such conversation.")
         members = store.members_of(cur, [conversation_id])[conversation_id]
-        last = store.last_message(cur, conversation_id, row[5])
-    last_message = (
-        Message(conversation_id, last[0], last[1], last[2], last[3], last[4])
-        if last
-        else None
-    )
-    return _conversation(row, members, user_id, last_message)
+        last_message = store.last_message(cur, conversation_id, record.last_seq)
+    return assemble(record, members, user_id, last_message)
 
 
 def require_member(user_id: int, conversation_id: int) -> None:
@@ -196,29 +183,33 @@ def list_for(
     router = runtime.get().router
     position = decode_list_cursor(before) if before else None
     with router.on_user(user_id, "list_conversations", transaction=False) as cur:
-        rows = store.list_for_user(cur, user_id, limit + 1, position)
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+        entries = store.list_for_user(cur, user_id, limit + 1, position)
+    has_more = len(entries) > limit
+    entries = entries[:limit]
     wanted: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        c = row[0]
+    for entry in entries:
+        c = entry.conversation_id
         wanted[router.dsn_of(c)][router.schema_of(c)].append(c)
-    details: dict[int, store.ConversationRow] = {}
+    records: dict[int, store.ConversationRecord] = {}
     members: dict[int, list[Member]] = {}
     for dsn, by_schema in wanted.items():
         with router.on_dsn(dsn, "list_conversation_details", transaction=False) as cur:
             found, found_members = store.rows_across(cur, by_schema)
-        details.update((r[0], r) for r in found)
+        records.update((r.conversation_id, r) for r in found)
         members.update(found_members)
-    result = []
-    for c, _at, _last_seq, sender_id, cmid, body, msg_at in rows:
-        if c not in details:
-            continue  # deleted meanwhile; its leave event is on the way
-        last_message = None
-        if sender_id is not None:
-            last_message = Message(c, _last_seq, sender_id, cmid, body, msg_at)
-        result.append(
-            _conversation(details[c], members.get(c, []), user_id, last_message)
+    result = [
+        assemble(
+            records[e.conversation_id],
+            members.get(e.conversation_id, []),
+            user_id,
+            e.last_message,
         )
-    next_cursor = encode_list_cursor(rows[-1][1], rows[-1][0]) if has_more else None
+        for e in entries
+        # Left out when deleted meanwhile: its leave event is on the way.
+        if e.conversation_id in records
+    ]
+    next_cursor = None
+    if has_more:
+        last = entries[-1]
+        next_cursor = encode_list_cursor(last.last_activity_at, last.conversation_id)
     return result, next_cursor

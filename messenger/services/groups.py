@@ -20,50 +20,49 @@ from typing import Any
 
 from messenger import runtime
 from messenger.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from messenger.models import Conversation, Member, Message
-from messenger.schemas.base import GROUP_MAX_MEMBERS
-from messenger.schemas.conversations import conversation_json
+from messenger.models import Conversation, Member
 from messenger.services import accounts, conversations, fanout
+from messenger.services.conversations import GROUP_MAX_MEMBERS
 from messenger.storage import conversations as conversation_store
 from messenger.storage import events as event_store
 from messenger.storage import groups as store
 from messenger.storage.pools import ShardCursor
+from messenger.views import conversation_json
 
 logger = logging.getLogger(__name__)
 
 
 def _locked_group(
     cur: ShardCursor, conversation_id: int, actor_id: int
-) -> tuple[conversation_store.ConversationRow, list[Member]]:
-    """Lock a group the actor belongs to; returns its row and members.
+) -> tuple[conversation_store.ConversationRecord, list[Member]]:
+    """Lock a group the actor belongs to; returns its record and members.
 
     Raises:
         NotFound: no such conversation, or the actor is not a member.
         Forbidden: it is a direct conversation.
     """
-    row = store.lock(cur, conversation_id)
+    group = store.lock(cur, conversation_id)
     members = (
         conversation_store.members_of(cur, [conversation_id])[conversation_id]
-        if row
+        if group
         else []
     )
-    if row is None or all(m.user_id != actor_id for m in members):
+    if group is None or all(m.user_id != actor_id for m in members):
         raise NotFound("No such conversation.")
-    if row[1] != "group":
+    if group.kind != "group":
         raise Forbidden("A direct conversation cannot be changed.")
-    return row, members
+    return group, members
 
 
 def _snapshot(cur: ShardCursor, conversation_id: int, viewer_id: int) -> Conversation:
     """The conversation as viewer_id sees it, read inside the change's transaction."""
-    row = conversation_store.get(cur, conversation_id)
-    assert row is not None
+    record = conversation_store.get(cur, conversation_id)
+    assert record is not None
     members = conversation_store.members_of(cur, [conversation_id])[conversation_id]
-    last = conversation_store.last_message(cur, conversation_id, row[5])
-    last_message = Message(conversation_id, *last) if last else None
+    last = conversation_store.last_message(cur, conversation_id, record.last_seq)
     # The same builder as conversations.get, so a snapshot in an event is the
     # Conversation a GET returns.
-    return conversations._conversation(row, members, viewer_id, last_message)
+    return conversations.assemble(record, members, viewer_id, last)
 
 
 def _queue(
@@ -96,8 +95,8 @@ def rename(actor_id: int, conversation_id: int, title: str) -> Conversation:
     router = runtime.get().router
     changed = False
     with router.on_conversation(conversation_id, "rename_group") as cur:
-        row, members = _locked_group(cur, conversation_id, actor_id)
-        if row[2] != title:
+        group, members = _locked_group(cur, conversation_id, actor_id)
+        if group.title != title:
             store.rename(cur, conversation_id, title)
             snapshot = _snapshot(cur, conversation_id, actor_id)
             _queue(
@@ -131,7 +130,7 @@ def add_member(actor_id: int, conversation_id: int, user_id: int) -> Conversatio
         )
     router = runtime.get().router
     with router.on_conversation(conversation_id, "add_member") as cur:
-        row, members = _locked_group(cur, conversation_id, actor_id)
+        group, members = _locked_group(cur, conversation_id, actor_id)
         if any(m.user_id == user_id for m in members):
             raise Conflict("That user is a member already.")
         if len(members) >= GROUP_MAX_MEMBERS:
@@ -141,7 +140,7 @@ def add_member(actor_id: int, conversation_id: int, user_id: int) -> Conversatio
                     "user_id": [f"A group has at most {GROUP_MAX_MEMBERS} members."]
                 },
             )
-        store.add_member(cur, conversation_id, user_id, row[5])
+        store.add_member(cur, conversation_id, user_id, group.last_seq)
         _queue(
             cur,
             conversation_id,
@@ -173,8 +172,8 @@ def remove_member(actor_id: int, conversation_id: int, user_id: int) -> None:
     """
     router = runtime.get().router
     with router.on_conversation(conversation_id, "remove_member") as cur:
-        row, members = _locked_group(cur, conversation_id, actor_id)
-        owner_id = row[3]
+        group, members = _locked_group(cur, conversation_id, actor_id)
+        owner_id = group.owner_id
         if user_id != actor_id and actor_id != owner_id:
             raise Forbidden("Only the group's owner can remove other members.")
         if all(m.user_id != user_id for m in members):
@@ -223,8 +222,8 @@ def delete(actor_id: int, conversation_id: int) -> None:
     # the deletion reach the members before the conversation_deleted event.
     fanout.fan_out_quietly(conversation_id)
     with router.on_conversation(conversation_id, "delete_group") as cur:
-        row, members = _locked_group(cur, conversation_id, actor_id)
-        if row[3] != actor_id:
+        group, members = _locked_group(cur, conversation_id, actor_id)
+        if group.owner_id != actor_id:
             raise Forbidden("Only the group's owner can delete it.")
         everyone = [m.user_id for m in members]
         store.delete(cur, conversation_id)

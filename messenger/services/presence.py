@@ -36,8 +36,8 @@ from messenger import metrics, runtime
 from messenger.errors import Unavailable
 from messenger.realtime.presence import PresenceBoard
 from messenger.runtime import Runtime
-from messenger.schemas.base import format_time
 from messenger.storage import peers as peer_store
+from messenger.views import format_time
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from messenger import metrics, runtime
 from messenger.models import Message
 from messenger.realtime import keys
 from messenger.realtime.presence import PresenceBoard
-from messenger.schemas.messages import message_json
 from messenger.services import presence
 from messenger.settings import Settings
 from messenger.storage.events import OutboxRow
+from messenger.views import message_json
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,50 @@
-"""Conversations and members (conversation's shard) and each user's list of them
-(user's shard)."""
+"""Conversations and members (conversation's shard), each user's list of them
+(user's shard), and the one direct conversation of each pair of users (directory)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from messenger.models import Member
+from messenger.models import Member, Message
 from messenger.storage.pools import ShardCursor
+
+
+@dataclass(frozen=True)
+class ConversationRecord:
+    """A row of {s}.conversations (CONVERSATION_COLUMNS, in that order)."""
+
+    conversation_id: int
+    kind: str
+    title: str | None
+    owner_id: int | None
+    created_at: datetime
+    last_seq: int
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...] | None) -> ConversationRecord | None:
+        return None if row is None else cls(*row)
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One conversation of a user's list: its last activity, and its last message
+    as the user's mailbox holds it (None before the first message)."""
+
+    conversation_id: int
+    last_activity_at: datetime
+    last_message: Message | None
+
+
+_CLAIM_PAIR = """
+INSERT INTO {s}.direct_pairs (user_lo, user_hi, conversation_id) VALUES (%s, %s, %s)
+ON CONFLICT DO NOTHING RETURNING conversation_id
+"""
+
+_FIND_PAIR = """
+SELECT conversation_id FROM {s}.direct_pairs WHERE user_lo = %s AND user_hi = %s
+"""
 
 _INSERT = """
 INSERT INTO {s}.conversations (conversation_id, kind, title, owner_id)
@@ -24,14 +61,14 @@ ON CONFLICT DO NOTHING
 RETURNING user_id
 """
 
-_CONVERSATION_COLUMNS = "conversation_id, kind, title, owner_id, created_at, last_seq"
+CONVERSATION_COLUMNS = "conversation_id, kind, title, owner_id, created_at, last_seq"
 
 _GET = f"""
-SELECT {_CONVERSATION_COLUMNS} FROM {{s}}.conversations WHERE conversation_id = %s
+SELECT {CONVERSATION_COLUMNS} FROM {{s}}.conversations WHERE conversation_id = %s
 """
 
 _GET_FOR_MEMBER = f"""
-SELECT {_CONVERSATION_COLUMNS} FROM {{s}}.conversations c
+SELECT {CONVERSATION_COLUMNS} FROM {{s}}.conversations c
 WHERE c.conversation_id = %(c)s
   AND EXISTS (SELECT 1 FROM {{s}}.members m
               WHERE m.conversation_id = %(c)s AND m.user_id = %(u)s)
@@ -44,7 +81,7 @@ ORDER BY conversation_id, joined_at, user_id
 """
 
 _MANY = f"""
-SELECT {_CONVERSATION_COLUMNS} FROM {{s}}.conversations WHERE conversation_id = ANY(%s)
+SELECT {CONVERSATION_COLUMNS} FROM {{s}}.conversations WHERE conversation_id = ANY(%s)
 """
 
 _IS_MEMBER = """
@@ -67,7 +104,20 @@ ORDER BY uc.last_activity_at DESC, uc.conversation_id DESC
 LIMIT %(limit)s
 """
 
-ConversationRow = tuple[int, str, str | None, int | None, datetime, int]
+
+def find_direct_pair(cur: ShardCursor, user_lo: int, user_hi: int) -> int | None:
+    """The direct conversation of two users (directory), if it was claimed."""
+    row = cur.run(_FIND_PAIR, (user_lo, user_hi)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def claim_direct_pair(
+    cur: ShardCursor, user_lo: int, user_hi: int, conversation_id: int
+) -> bool:
+    """Record conversation_id as the pair's (directory); False when another
+    conversation holds the pair already."""
+    row = cur.run(_CLAIM_PAIR, (user_lo, user_hi, conversation_id)).fetchone()
+    return row is not None
 
 
 def insert(
@@ -92,19 +142,16 @@ def insert_members(
     return [r[0] for r in rows]
 
 
-def get(cur: ShardCursor, conversation_id: int) -> ConversationRow | None:
-    return cur.run(_GET, (conversation_id,)).fetchone()
+def get(cur: ShardCursor, conversation_id: int) -> ConversationRecord | None:
+    return ConversationRecord.from_row(cur.run(_GET, (conversation_id,)).fetchone())
 
 
 def get_for_member(
     cur: ShardCursor, conversation_id: int, user_id: int
-) -> ConversationRow | None:
+) -> ConversationRecord | None:
     """The conversation if user_id is a member of it, else None."""
-    return cur.run(_GET_FOR_MEMBER, {"c": conversation_id, "u": user_id}).fetchone()
-
-
-def many(cur: ShardCursor, conversation_ids: list[int]) -> list[ConversationRow]:
-    return cur.run(_MANY, (conversation_ids,)).fetchall()
+    row = cur.run(_GET_FOR_MEMBER, {"c": conversation_id, "u": user_id}).fetchone()
+    return ConversationRecord.from_row(row)
 
 
 def members_of(
@@ -128,18 +175,28 @@ def member_ids(cur: ShardCursor, conversation_id: int) -> list[int]:
 
 def list_for_user(
     cur: ShardCursor, user_id: int, limit: int, before: tuple[datetime, int] | None
-) -> list[tuple[Any, ...]]:
+) -> list[ListEntry]:
     """The user's conversations by latest activity, with their last message."""
     before_at, before_id = before if before else (None, None)
-    return cur.run(
+    rows = cur.run(
         _LIST,
         {"u": user_id, "before_at": before_at, "before_id": before_id, "limit": limit},
     ).fetchall()
+    return [
+        ListEntry(
+            c,
+            at,
+            Message(c, last_seq, sender_id, cmid, body, msg_at)
+            if sender_id is not None
+            else None,
+        )
+        for c, at, last_seq, sender_id, cmid, body, msg_at in rows
+    ]
 
 
 def rows_across(
     cur: ShardCursor, ids_by_schema: dict[str, list[int]]
-) -> tuple[list[ConversationRow], dict[int, list[Member]]]:
+) -> tuple[list[ConversationRecord], dict[int, list[Member]]]:
     """Conversations and members from several shard schemas of one database, in
     two round trips however many schemas (used by the conversation list)."""
     conv_parts, member_parts = [], []
@@ -156,17 +213,17 @@ def rows_across(
     if not conv_parts:
         return [], {}
     cur.execute(b" UNION ALL ".join(b"(" + p.strip() + b")" for p in conv_parts))
-    rows = cur.fetchall()
+    records = [ConversationRecord(*row) for row in cur.fetchall()]
     cur.execute(
         b" UNION ALL ".join(b"(" + p.strip() + b")" for p in member_parts)
         + b" ORDER BY 1, 6, 2"
     )
-    members: dict[int, list[Member]] = {r[0]: [] for r in rows}
+    members: dict[int, list[Member]] = {r.conversation_id: [] for r in records}
     for c, user_id, role, read_seq, delivered_seq, joined_at in cur.fetchall():
         members.setdefault(c, []).append(
             Member(user_id, role, read_seq, delivered_seq, joined_at)
         )
-    return rows, members
+    return records, members
 
 
 _LAST_MESSAGE = """
@@ -175,9 +232,9 @@ WHERE conversation_id = %s AND seq = %s
 """
 
 
-def last_message(
-    cur: ShardCursor, conversation_id: int, seq: int
-) -> tuple[Any, ...] | None:
+def last_message(cur: ShardCursor, conversation_id: int, seq: int) -> Message | None:
+    """The message at seq (the conversation's last_seq); None before the first."""
     if seq <= 0:
         return None
-    return cur.run(_LAST_MESSAGE, (conversation_id, seq)).fetchone()
+    row = cur.run(_LAST_MESSAGE, (conversation_id, seq)).fetchone()
+    return None if row is None else Message(conversation_id, *row)

@@ -8,12 +8,12 @@ same lock), and statements after it see every change committed before it.
 
 from __future__ import annotations
 
-from messenger.storage.conversations import ConversationRow
+from messenger.storage.conversations import CONVERSATION_COLUMNS, ConversationRecord
 from messenger.storage.pools import ShardCursor
 
-_LOCK = """
-SELECT conversation_id, kind, title, owner_id, created_at, last_seq
-FROM {s}.conversations WHERE conversation_id = %s FOR UPDATE
+_LOCK = f"""
+SELECT {CONVERSATION_COLUMNS}
+FROM {{s}}.conversations WHERE conversation_id = %s FOR UPDATE
 """
 
 # A new member starts with everything before it counted as delivered and read:
@@ -49,9 +49,9 @@ DELETE FROM {s}.conversations WHERE conversation_id = %(c)s;
 """
 
 
-def lock(cur: ShardCursor, conversation_id: int) -> ConversationRow | None:
+def lock(cur: ShardCursor, conversation_id: int) -> ConversationRecord | None:
     """Lock the conversation row for a change; None if it does not exist."""
-    return cur.run(_LOCK, (conversation_id,)).fetchone()
+    return ConversationRecord.from_row(cur.run(_LOCK, (conversation_id,)).fetchone())
 
 
 def add_member(
