@@ -38,11 +38,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m messenger.bench --quick --json bench-results/bench-quick.json --html bench-results/bench-quick.html
 
-# The schemathesis run of CI (tests/test_fuzz.py), with many more examples per
+# The schemathesis run of CI (tests/api/test_fuzz.py), with many more examples per
 # operation: FUZZ_MAX_EXAMPLES=2000 make fuzz for a night's run.
 FUZZ_MAX_EXAMPLES ?= 300
 fuzz: $(STAMP)
-	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -s -o timeout=3600
+	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(BIN)/python -m pytest tests/api/test_fuzz.py -s -o timeout=3600
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -80,9 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark what tests/system holds, so `make test-fast` can leave it out."""
+    tests_dir = Path(__file__).parent
     for item in items:
-        parts = item.path.parts
-        if "system" in parts:
+        if item.path.is_relative_to(tests_dir / "system"):
             item.add_marker(pytest.mark.system)
         if item.path.name == "test_browser.py":
             item.add_marker(pytest.mark.browser)

@@ -9,7 +9,7 @@ from what a route is: authenticated routes can answer 401, routes with a body
 rate-limited ones 429.
 
 A route without an @operation is left out of the document, and
-tests/test_openapi.py fails.
+tests/api/test_openapi.py fails.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 The shapes come from the marshmallow schemas named here (their validators give
 the document its bounds, enums and patterns); api/openapi.py walks the app's
 url map and describes each route from its declaration. A route without one
-fails tests/test_openapi.py.
+fails tests/api/test_openapi.py.
 """
 
 from __future__ import annotations

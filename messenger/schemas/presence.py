@@ -12,7 +12,7 @@ from messenger.schemas.base import BIGINT_MAX, QuerySchema
 PRESENCE_MAX_IDS = 200
 # What clients send: 1 to PRESENCE_MAX_IDS ids, comma-separated. IdList also
 # forgives spaces, empty parts and repeats, so everything this matches is
-# accepted (tests/test_openapi.py checks it); the document publishes it.
+# accepted (tests/api/test_openapi.py checks it); the document publishes it.
 USER_IDS_PATTERN = (
     rf"^[1-9][0-9]{{0,17}}(,[1-9][0-9]{{0,17}}){{0,{PRESENCE_MAX_IDS - 1}}}$"
 )

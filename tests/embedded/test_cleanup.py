@@ -26,7 +26,7 @@ from tests.conftest import remove_abandoned_runs
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 INNER_RUN_SECS = 120.0
 PROCESS_EXIT_SECS = 15.0
 

@@ -32,7 +32,7 @@ from messenger.embedded import (
     processes,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Bounds for waits on processes that the tests kill or expect to die.
 PROCESS_EXIT_SECS = 10.0
 OWNER_READY_SECS = 30.0

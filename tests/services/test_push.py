@@ -33,7 +33,7 @@ from messenger.workers.push_queue import retry_delay_secs as backoff_secs
 from messenger.workers.pusher import Pusher
 from tests.conftest import Services
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass

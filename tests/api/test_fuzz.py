@@ -5,7 +5,7 @@ FUZZ_MAX_EXAMPLES so CI stays fast; `make fuzz` runs many more). Every answer
 must be documented: no 5xx, a documented status, content type and headers, a body
 matching the document's schema, and invalid input refused with a 4xx.
 
-Each failure it found became a regression test in tests/test_hardening.py.
+Each failure it found became a regression test in tests/api/test_hardening.py.
 """
 
 import os

@@ -1,5 +1,5 @@
 """Hostile input and resource bounds, what /metrics and the logs show, security
-basics, and a regression test for each failure the fuzzer (tests/test_fuzz.py)
+basics, and a regression test for each failure the fuzzer (tests/api/test_fuzz.py)
 found."""
 
 import io
