@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from messenger.settings import ConfigError, Settings, load
@@ -146,14 +145,17 @@ def _stop_with_parent() -> None:
 
 
 def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -> int:
-    """Serve the API; with no database/Redis configured, start local ones first."""
+    """Serve the API; with no database/Redis configured, start local ones first.
+
+    The embedded PostgreSQL and Redis and the push worker are supervised
+    (messenger/supervisor.py): restarted when they die, until they fail too often.
+    """
+    from messenger import supervisor
+
     env = dict(os.environ)
     started = []
-    stopping = False
 
     def _stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
@@ -163,6 +165,7 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
     _stop_with_parent()
     gunicorn = None
     pusher = None
+    servers = None
     try:
         if settings.is_embedded:
             servers = _local_servers(settings)
@@ -185,20 +188,23 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
             env["MESSENGER_WORKERS"] = str(workers)
         env.setdefault("MESSENGER_LOG_JSON", "0")
         _say(f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)")
+        children = []
+        if servers is not None and servers.pg in started:
+            children.append(supervisor.postgres_child(servers.pg))
+        if servers is not None and servers.redis in started:
+            children.append(supervisor.redis_child(servers.redis))
         if push_worker:
-            pusher = _start_push_worker(env)
+            pusher = supervisor.ChildProcess(lambda: _start_push_worker(env))
+            children.append(supervisor.process_child("push worker", pusher))
         # If this process is killed outright (kill -9), the children get SIGTERM
         # and stop gracefully instead of holding the port for the next start.
         gunicorn = subprocess.Popen(
             gunicorn_argv(), cwd=ROOT, env=env, preexec_fn=_child_hook()
         )
-        while gunicorn.poll() is None:
-            time.sleep(0.5)
-            if pusher is not None and pusher.poll() is not None and not stopping:
-                _say(f"push worker exited ({pusher.returncode}); restarting it")
-                time.sleep(2)
-                pusher = _start_push_worker(env)
-        return gunicorn.returncode or 0
+        return supervisor.Supervisor(children, say=_say).watch(gunicorn)
+    except supervisor.SupervisionFailed as exc:
+        print(f"messenger: {exc}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -207,7 +213,8 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
         if gunicorn is not None and gunicorn.poll() is None:
             _say("stopping the server (answering held polls)")
             _stop_child(gunicorn, 40)
-        _stop_child(pusher, 30)
+        if pusher is not None:
+            pusher.stop(30)
         for service in reversed(started):
             service.stop()
         if started:
