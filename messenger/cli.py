@@ -86,6 +86,30 @@ def cmd_push_worker(settings: Settings) -> int:
     return pusher.main(settings)
 
 
+def cmd_backup(settings: Settings, path: Path) -> int:
+    """Write every database to one archive (storage/backup.py)."""
+    from messenger.storage import backup
+
+    try:
+        backup.backup(settings, path, _say)
+    except backup.BackupError as exc:
+        print(f"messenger: backup failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_restore(settings: Settings, path: Path) -> int:
+    """Load an archive into an empty deployment (storage/backup.py)."""
+    from messenger.storage import backup
+
+    try:
+        backup.restore(settings, path, _say)
+    except backup.BackupError as exc:
+        print(f"messenger: restore refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _start_push_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "messenger", "push-worker"]
     return subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=_child_hook())
@@ -184,6 +208,13 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
                 _say(f"Redis: {servers.redis.binaries_source}")
             settings = load(env)
         cmd_migrate(settings)
+        if servers is not None:
+            # What `messenger doctor` and `messenger backup` need to reach them.
+            _say(
+                "for doctor/backup: MESSENGER_DATABASE_URL="
+                f"{settings.resolved_directory_url()} MESSENGER_REDIS_URL="
+                f"{settings.redis_url} MESSENGER_SHARDS={settings.shards}"
+            )
         if workers:
             env["MESSENGER_WORKERS"] = str(workers)
         env.setdefault("MESSENGER_LOG_JSON", "0")
@@ -244,11 +275,29 @@ def main(argv: list[str] | None = None) -> int:
         "push-worker",
         help="deliver push notifications to offline users' devices (until SIGTERM)",
     )
+    backup = sub.add_parser(
+        "backup",
+        help="write a consistent snapshot of the directory and every shard to FILE",
+    )
+    backup.add_argument("file", type=Path)
+    restore = sub.add_parser(
+        "restore", help="load a backup FILE into an empty deployment"
+    )
+    restore.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     try:
         settings = load()
         if args.command == "run":
             return cmd_run(settings, args.workers, not args.no_push_worker)
+        if args.command in ("backup", "restore"):
+            if not (settings.database_url or settings.shard_map):
+                raise ConfigError(
+                    "MESSENGER_DATABASE_URL or MESSENGER_SHARD_MAP must be set (for "
+                    "`messenger run`'s database: the URL it prints)."
+                )
+            if args.command == "backup":
+                return cmd_backup(settings, args.file)
+            return cmd_restore(settings, args.file)
         if settings.is_embedded:
             raise ConfigError(
                 "MESSENGER_DATABASE_URL and MESSENGER_REDIS_URL must "
