@@ -1,5 +1,5 @@
 """The `messenger` command: run (embedded default), migrate, sweep, trim-events,
-push-worker."""
+push-worker, backup, restore, doctor."""
 
 from __future__ import annotations
 
@@ -284,7 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         "restore", help="load a backup FILE into an empty deployment"
     )
     restore.add_argument("file", type=Path)
+    sub.add_parser(
+        "doctor",
+        help="check settings, databases, Redis, migrations, clocks and limits",
+    )
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        from messenger import doctor
+
+        return doctor.main()
     try:
         settings = load()
         if args.command == "run":
