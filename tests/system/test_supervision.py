@@ -55,6 +55,7 @@ class Run:
     pg_port: int
     redis_port: int
     log_path: Path
+    env: dict[str, str]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -116,7 +117,13 @@ def run() -> Iterator[Run]:
             stderr=subprocess.STDOUT,
         )
     state = Run(
-        f"http://127.0.0.1:{port}", process, data_dir, pg_port, redis_port, log_path
+        f"http://127.0.0.1:{port}",
+        process,
+        data_dir,
+        pg_port,
+        redis_port,
+        log_path,
+        env,
     )
     seen: set[int] = set()
     try:
@@ -263,6 +270,22 @@ def _wait_recovered(run: Run, old_pid: int, pid_of: Callable[[], int | None]) ->
         assert run.process.poll() is None, f"messenger run exited:\n{run.log()}"
         assert time.monotonic() < deadline, f"no recovery:\n{run.log()}"
         time.sleep(0.05)
+
+
+def test_doctor_checks_the_embedded_servers_of_messenger_run(run: Run) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "messenger", "doctor"],
+        cwd=ROOT,
+        env=run.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checking `messenger run`'s embedded servers" in result.stdout
+    assert f"OK    database 127.0.0.1:{run.pg_port}/messenger" in result.stdout
+    assert f"OK    redis 127.0.0.1:{run.redis_port}/0" in result.stdout
 
 
 def test_each_child_killed_comes_back_and_nothing_acknowledged_is_lost(
