@@ -312,7 +312,7 @@ def backup(settings: Settings, path: Path, say: Say) -> Summary:
     databases: list[dict[str, Any]] = []
     per_schema: dict[str, list[str]] = {}
     try:
-        say(f"backup: snapshotting {len(plans)} databases ({pg_dump})")
+        say(f"backup: snapshotting {len(plans)} database(s) ({pg_dump})")
         with _snapshots(plans, say) as snaps:
             for index, (plan, (conn, snapshot_id)) in enumerate(
                 zip(plans, snaps, strict=True), 1
@@ -566,7 +566,7 @@ def restore(settings: Settings, path: Path, say: Say) -> Summary:
             "restore only into an empty deployment."
         )
     pg_restore = find_pg_tool("pg_restore")
-    say(f"restore: migrating the target ({len(plans)} databases)")
+    say(f"restore: migrating the target ({len(plans)} database(s))")
     router = Router.from_settings(settings)
     try:
         migrate(router)
