@@ -10,6 +10,7 @@ stream exactly once, in seq order, with no gap.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ class Run:
     redis_port: int
     log_path: Path
     env: dict[str, str]
+    expected_exit_code: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -148,7 +150,7 @@ def run() -> Iterator[Run]:
         LocalServers(
             data_dir, pg_port=pg_port, redis_port=redis_port, remove_on_stop=True
         ).stop()
-    assert code == 0, f"messenger run exited with {code}"
+    assert code == state.expected_exit_code, f"messenger run exited with {code}"
     assert not left, f"processes left after SIGTERM: {left}"
 
 
@@ -383,3 +385,36 @@ def _delivery_problems(load: Load, user: User, head: str) -> list[str]:
             if by_seq.get(seq) != client_msg_id:
                 problems.append(f"{user} in {conversation_id}: seq {seq} missing")
     return problems
+
+
+def test_gives_up_loudly_when_a_child_cannot_come_back(run: Run) -> None:
+    """Redis's port taken by another program: five failed restarts within the
+    window, then `messenger run` says so, stops everything and exits 1."""
+    run.expected_exit_code = 1
+    redis_pid = run.redis_pid()
+    assert redis_pid is not None
+    postgres_pid = run.postgres_pid()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Connections to the dead Redis linger in TIME_WAIT on its port.
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        os.kill(redis_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while True:  # take the port the moment Redis lets go of it
+            try:
+                squatter.bind(("127.0.0.1", run.redis_port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "Redis kept its port"
+                time.sleep(0.01)
+        squatter.listen()
+        # Backoffs 0.5 + 1 + 2 + 4 s before the fifth failure.
+        code = run.process.wait(timeout=RECOVERY_TIMEOUT_SECS)
+    finally:
+        squatter.close()
+    log = run.log_path.read_text(errors="replace")
+    assert code == 1, log[-3000:]
+    assert "Redis failed 5 times within 60 s" in log, log[-3000:]
+    assert "giving up and stopping everything" in log
+    assert "stopped the embedded PostgreSQL and Redis" in log
+    assert postgres_pid is not None and not _is_alive(postgres_pid)
