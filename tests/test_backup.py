@@ -191,3 +191,11 @@ def test_restore_rejects_a_file_that_is_not_a_backup(
     bogus.write_bytes(b"hello")
     with pytest.raises(backup.BackupError, match="is not a messenger backup"):
         backup.restore(settings, bogus, lambda line: None)
+
+
+def test_database_password_goes_to_the_environment_not_the_command_line() -> None:
+    arg, env = backup.dbname_argument(
+        "postgresql://app:p%40ss@db.example:5433/messenger?sslmode=require"
+    )
+    assert arg == "--dbname=postgresql://app@db.example:5433/messenger?sslmode=require"
+    assert env["PGPASSWORD"] == "p@ss"

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg2
 import psycopg2.errors
@@ -151,9 +152,32 @@ def _tables(cur: Any, schemas: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(str(s), str(t)) for s, t in cur.fetchall()]
 
 
-def _run(args: list[str], what: str) -> str:
+def dbname_argument(dsn: str) -> tuple[str, dict[str, str]]:
+    """--dbname=URI without its password, and the environment carrying it:
+    a password on a command line is readable by every user of the host (ps)."""
+    parts = urlsplit(dsn)
+    env = dict(os.environ)
+    if parts.password is None:
+        return f"--dbname={dsn}", env
+    env["PGPASSWORD"] = unquote(parts.password)
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    stripped = urlunsplit(parts._replace(netloc=f"{user}@{netloc[1]}"))
+    return f"--dbname={stripped}", env
+
+
+def _run(args: list[str], what: str, dsn: str | None = None) -> str:
+    env = None
+    if dsn is not None:
+        dbname, env = dbname_argument(dsn)
+        args = [*args, dbname]
     result = subprocess.run(
-        args, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+        args,
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     if result.returncode != 0:
         raise BackupError(
@@ -330,8 +354,7 @@ def backup(settings: Settings, path: Path, say: Say) -> Summary:
                 args += [f"--schema={schema}" for schema in plan.schemas]
                 # Which migrations ran is in the manifest; a restore migrates first.
                 args += [f"--exclude-table-data=*.{MIGRATIONS_TABLE}"]
-                args += [f"--dbname={plan.dsn}"]
-                _run(args, f"pg_dump of {describe_dsn(plan.dsn)}")
+                _run(args, f"pg_dump of {describe_dsn(plan.dsn)}", plan.dsn)
                 size = target.stat().st_size
                 databases.append(
                     {
@@ -461,10 +484,16 @@ def _applied_migrations(plans: list[DatabasePlan]) -> dict[str, list[str]]:
     return _migrations_by_kind(per_schema)
 
 
+# Users registered between the shard and directory snapshots (see the docstring).
+_INSERT_MISSING_USER_STATES = """
+INSERT INTO {s}.user_state (user_id)
+SELECT user_id FROM unnest(%s::bigint[]) AS u (user_id)
+ON CONFLICT DO NOTHING
+"""
+
+
 def _ensure_user_states(shard_map: ShardMap, say: Say) -> int:
     """Create the user_state rows of users registered between the snapshots."""
-    from messenger.storage import users
-
     conn = _connect(shard_map.directory_dsn)
     try:
         with conn.cursor() as cur:
@@ -476,27 +505,19 @@ def _ensure_user_states(shard_map: ShardMap, say: Say) -> int:
             user_ids = [int(r[0]) for r in cur.fetchall()]
     finally:
         conn.close()
-    created = 0
-    by_dsn: dict[str, list[int]] = {}
+    by_shard: dict[int, list[int]] = {}
     for user_id in user_ids:
-        by_dsn.setdefault(
-            shard_map.dsn_of_shard(shard_map.shard_of(user_id)), []
-        ).append(user_id)
-    for dsn, ids in by_dsn.items():
+        by_shard.setdefault(shard_map.shard_of(user_id), []).append(user_id)
+    created = 0
+    for dsn, shards in shard_map.shards_by_dsn().items():
         conn = _connect(dsn)
         try:
             with conn, conn.cursor(cursor_factory=ShardCursor) as cur:
-                for user_id in ids:
-                    cur.schema = schema_name(shard_map.shard_of(user_id))
-                    cur.execute(
-                        sql.SQL("SELECT 1 FROM {} WHERE user_id = %s").format(
-                            sql.Identifier(cur.schema, "user_state")
-                        ),
-                        (user_id,),
-                    )
-                    if cur.fetchone() is None:
-                        users.ensure_user_state(cur, user_id)
-                        created += 1
+                for shard in shards:
+                    if shard in by_shard:
+                        cur.schema = schema_name(shard)
+                        cur.run(_INSERT_MISSING_USER_STATES, (by_shard[shard],))
+                        created += cur.rowcount
         finally:
             conn.close()
     if created:
@@ -611,10 +632,10 @@ def restore(settings: Settings, path: Path, say: Say) -> Summary:
                             "--exit-on-error",
                             "--no-owner",
                             f"--use-list={listing}",
-                            f"--dbname={dsn}",
                             str(dump),
                         ],
                         f"pg_restore into {describe_dsn(dsn)}",
+                        dsn,
                     )
                 dump.unlink()
                 rows = sum(database["rows"].values())
