@@ -7,8 +7,11 @@ layout (three databases, the directory on its own), and everything acknowledged
 before the backup started must be read back from it.
 """
 
+import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +29,8 @@ from messenger.storage.shards import schema_name
 from tests.conftest import TEST_SHARDS, Services
 
 pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # A steady load: one message every SEND_INTERVAL_SECS, bounded in count.
 SEND_INTERVAL_SECS = 0.01
@@ -199,3 +204,33 @@ def test_database_password_goes_to_the_environment_not_the_command_line() -> Non
     )
     assert arg == "--dbname=postgresql://app@db.example:5433/messenger?sslmode=require"
     assert env["PGPASSWORD"] == "p@ss"
+
+
+def test_commands_back_up_and_refuse_to_restore_over_data(
+    make_user: Any, services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    make_user("bk")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
+    env.update(services.env())
+    archive = tmp_path / "cli.backup"
+
+    def messenger(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "messenger", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    made = messenger("backup", str(archive))
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "backup: database 2/2" in made.stdout
+    assert "directory.users" in made.stdout
+    assert backup.read_manifest(archive)["shards"] == TEST_SHARDS
+    refused = messenger("restore", str(archive))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("messenger: restore refused: The target")
+    assert refused.stderr.strip().endswith("restore only into an empty deployment.")
