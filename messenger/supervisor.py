@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from messenger.embedded import EmbeddedPostgres, EmbeddedRedis
 from messenger.embedded.processes import processes_working_in
@@ -58,6 +59,8 @@ class Child:
     pid: Callable[[], int | None]
     restart: Callable[[], None]
     exit_status: Callable[[], str] = lambda: "status unknown"
+    # Where to read why it failed, for the operator.
+    log_path: Path | None = None
     failures: deque[float] = field(default_factory=deque)
     down_since: float | None = None
     restart_at: float = 0.0
@@ -114,10 +117,11 @@ class Supervisor:
             child.failures.popleft()
         count = len(child.failures)
         if count >= self._max_failures:
+            log = f" ({child.log_path})" if child.log_path else ""
             raise SupervisionFailed(
                 f"{child.name} failed {count} times within "
                 f"{self._window_secs:.0f} s (last: {what}); giving up and stopping "
-                "everything: read its log, fix the cause and start again."
+                f"everything: read its log{log}, fix the cause and start again."
             )
         delay = self.backoff_secs(count)
         child.restart_at = now + delay
@@ -227,6 +231,7 @@ def postgres_child(pg: EmbeddedPostgres) -> Child:
         restart=restart,
         # Not our child (pg_ctl daemonised it): its status went to init.
         exit_status=lambda: "postmaster gone, status unknown; see its log",
+        log_path=pg.log_path,
     )
 
 
@@ -237,6 +242,7 @@ def redis_child(server: EmbeddedRedis) -> Child:
         pid=lambda: server.pid,
         restart=server.start,
         exit_status=lambda: describe_returncode(server.returncode),
+        log_path=server.log_path,
     )
 
 

@@ -239,3 +239,10 @@ def test_commands_back_up_and_refuse_to_restore_over_data(
     assert refused.returncode == 1
     assert refused.stderr.startswith("messenger: restore refused: The target")
     assert refused.stderr.strip().endswith("restore only into an empty deployment.")
+
+
+def test_backup_into_a_missing_folder_says_so(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with pytest.raises(backup.BackupError, match="does not exist"):
+        backup.backup(settings, tmp_path / "nowhere" / "x.backup", lambda line: None)

@@ -331,6 +331,8 @@ def backup(settings: Settings, path: Path, say: Say) -> Summary:
     plans = plan_databases(shard_map)
     pg_dump = find_pg_tool("pg_dump")
     path = path.absolute()
+    if not path.parent.is_dir():
+        raise BackupError(f"The folder {path.parent} does not exist.")
     work = Path(tempfile.mkdtemp(prefix=".backup-", dir=path.parent))
     names = {plan.dsn: f"db{index}" for index, plan in enumerate(plans)}
     databases: list[dict[str, Any]] = []

@@ -415,6 +415,7 @@ def test_gives_up_loudly_when_a_child_cannot_come_back(run: Run) -> None:
     log = run.log_path.read_text(errors="replace")
     assert code == 1, log[-3000:]
     assert "Redis failed 5 times within 60 s" in log, log[-3000:]
-    assert "giving up and stopping everything" in log
+    assert "giving up and stopping everything: read its log (" in log
+    assert "redis.log), fix the cause and start again." in log
     assert "stopped the embedded PostgreSQL and Redis" in log
     assert postgres_pid is not None and not _is_alive(postgres_pid)
