@@ -23,6 +23,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
 import redis
 
 from messenger.settings import ConfigError, Settings, load
@@ -168,7 +170,9 @@ def _clock_check(where: str, db_now: datetime, local_epoch: float) -> Check:
     )
 
 
-def _migration_check(cur: object, where: str, schemas: list[str]) -> Check:
+def _migration_check(
+    cur: psycopg2.extensions.cursor, where: str, schemas: list[str]
+) -> Check:
     expected = {
         kind: [m.name for m in load_migrations(kind)] for kind in ("directory", "shard")
     }
@@ -177,10 +181,8 @@ def _migration_check(cur: object, where: str, schemas: list[str]) -> Check:
     for schema in schemas:
         kind = "directory" if schema == DIRECTORY_SCHEMA else "shard"
         try:
-            cur.execute(  # type: ignore[attr-defined]
-                f'SELECT name FROM "{schema}".schema_migrations'
-            )
-            applied = {row[0] for row in cur.fetchall()}  # type: ignore[attr-defined]
+            cur.execute(f'SELECT name FROM "{schema}".schema_migrations')
+            applied = {row[0] for row in cur.fetchall()}
         except psycopg2.errors.UndefinedTable:
             applied = set()
         lacking = [name for name in expected[kind] if name not in applied]
