@@ -1,5 +1,5 @@
 """The `messenger` command: run (embedded default), migrate, sweep, trim-events,
-push-worker."""
+push-worker, backup, restore, doctor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from messenger.settings import ConfigError, Settings, load
@@ -87,6 +86,30 @@ def cmd_push_worker(settings: Settings) -> int:
     return pusher.main(settings)
 
 
+def cmd_backup(settings: Settings, path: Path) -> int:
+    """Write every database to one archive (storage/backup.py)."""
+    from messenger.storage import backup
+
+    try:
+        backup.backup(settings, path, _say)
+    except backup.BackupError as exc:
+        print(f"messenger: backup failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_restore(settings: Settings, path: Path) -> int:
+    """Load an archive into an empty deployment (storage/backup.py)."""
+    from messenger.storage import backup
+
+    try:
+        backup.restore(settings, path, _say)
+    except backup.BackupError as exc:
+        print(f"messenger: restore refused: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _start_push_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "messenger", "push-worker"]
     return subprocess.Popen(argv, cwd=ROOT, env=env, preexec_fn=_child_hook())
@@ -146,14 +169,17 @@ def _stop_with_parent() -> None:
 
 
 def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -> int:
-    """Serve the API; with no database/Redis configured, start local ones first."""
+    """Serve the API; with no database/Redis configured, start local ones first.
+
+    The embedded PostgreSQL and Redis and the push worker are supervised
+    (messenger/supervisor.py): restarted when they die, until they fail too often.
+    """
+    from messenger import supervisor
+
     env = dict(os.environ)
     started = []
-    stopping = False
 
     def _stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
@@ -163,6 +189,7 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
     _stop_with_parent()
     gunicorn = None
     pusher = None
+    servers = None
     try:
         if settings.is_embedded:
             servers = _local_servers(settings)
@@ -181,24 +208,34 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
                 _say(f"Redis: {servers.redis.binaries_source}")
             settings = load(env)
         cmd_migrate(settings)
+        if servers is not None:
+            # What `messenger doctor` and `messenger backup` need to reach them.
+            _say(
+                "for doctor/backup: MESSENGER_DATABASE_URL="
+                f"{settings.resolved_directory_url()} MESSENGER_REDIS_URL="
+                f"{settings.redis_url} MESSENGER_SHARDS={settings.shards}"
+            )
         if workers:
             env["MESSENGER_WORKERS"] = str(workers)
         env.setdefault("MESSENGER_LOG_JSON", "0")
         _say(f"serving on http://{settings.host}:{settings.port} (Ctrl-C stops)")
+        children = []
+        if servers is not None and servers.pg in started:
+            children.append(supervisor.postgres_child(servers.pg))
+        if servers is not None and servers.redis in started:
+            children.append(supervisor.redis_child(servers.redis))
         if push_worker:
-            pusher = _start_push_worker(env)
+            pusher = supervisor.ChildProcess(lambda: _start_push_worker(env))
+            children.append(supervisor.process_child("push worker", pusher))
         # If this process is killed outright (kill -9), the children get SIGTERM
         # and stop gracefully instead of holding the port for the next start.
         gunicorn = subprocess.Popen(
             gunicorn_argv(), cwd=ROOT, env=env, preexec_fn=_child_hook()
         )
-        while gunicorn.poll() is None:
-            time.sleep(0.5)
-            if pusher is not None and pusher.poll() is not None and not stopping:
-                _say(f"push worker exited ({pusher.returncode}); restarting it")
-                time.sleep(2)
-                pusher = _start_push_worker(env)
-        return gunicorn.returncode or 0
+        return supervisor.Supervisor(children, say=_say).watch(gunicorn)
+    except supervisor.SupervisionFailed as exc:
+        print(f"messenger: {exc}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -207,7 +244,8 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
         if gunicorn is not None and gunicorn.poll() is None:
             _say("stopping the server (answering held polls)")
             _stop_child(gunicorn, 40)
-        _stop_child(pusher, 30)
+        if pusher is not None:
+            pusher.stop(30)
         for service in reversed(started):
             service.stop()
         if started:
@@ -237,11 +275,37 @@ def main(argv: list[str] | None = None) -> int:
         "push-worker",
         help="deliver push notifications to offline users' devices (until SIGTERM)",
     )
+    backup = sub.add_parser(
+        "backup",
+        help="write a consistent snapshot of the directory and every shard to FILE",
+    )
+    backup.add_argument("file", type=Path)
+    restore = sub.add_parser(
+        "restore", help="load a backup FILE into an empty deployment"
+    )
+    restore.add_argument("file", type=Path)
+    sub.add_parser(
+        "doctor",
+        help="check settings, databases, Redis, migrations, clocks and limits",
+    )
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        from messenger import doctor
+
+        return doctor.main()
     try:
         settings = load()
         if args.command == "run":
             return cmd_run(settings, args.workers, not args.no_push_worker)
+        if args.command in ("backup", "restore"):
+            if not (settings.database_url or settings.shard_map):
+                raise ConfigError(
+                    "MESSENGER_DATABASE_URL or MESSENGER_SHARD_MAP must be set (for "
+                    "`messenger run`'s database: the URL it prints)."
+                )
+            if args.command == "backup":
+                return cmd_backup(settings, args.file)
+            return cmd_restore(settings, args.file)
         if settings.is_embedded:
             raise ConfigError(
                 "MESSENGER_DATABASE_URL and MESSENGER_REDIS_URL must "

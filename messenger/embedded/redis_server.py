@@ -105,6 +105,12 @@ class EmbeddedRedis(Server):
             return self._process.pid
         return None
 
+    @property
+    def returncode(self) -> int | None:
+        """How the process this object started ended (Popen's returncode), or
+        None while it runs or when none was started."""
+        return None if self._process is None else self._process.poll()
+
     def start(self) -> None:
         """Start Redis and wait until PING answers. Idempotent.
 
