@@ -30,7 +30,7 @@ from tests.conftest import TEST_SHARDS, Services
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A steady load: one message every SEND_INTERVAL_SECS, bounded in count.
 SEND_INTERVAL_SECS = 0.01
