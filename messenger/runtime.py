@@ -47,7 +47,9 @@ class Runtime:
         """Close the database pools and the Redis pool (background work is the
         composition root's to stop)."""
         self.router.close()
+        # close() leaves a pool the client was given open: disconnect it too.
         self.redis.close()
+        self.redis.connection_pool.disconnect()
 
 
 _current: Runtime | None = None

@@ -156,9 +156,11 @@ def app(settings: Settings) -> Iterator[Any]:
     from messenger import bootstrap, create_app
 
     app = create_app(settings)
-    background = bootstrap.start(app.extensions["messenger"])
+    rt = app.extensions["messenger"]
+    background = bootstrap.start(rt)
     yield app
     background.stop()
+    rt.close()
 
 
 @pytest.fixture
