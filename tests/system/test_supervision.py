@@ -27,6 +27,7 @@ import requests
 
 from messenger.embedded import EmbeddedPostgres, LocalServers, free_port
 from tests.conftest import unique_handle
+from tests.system.conftest import HttpUser
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECS = 120.0
@@ -36,16 +37,6 @@ SEND_INTERVAL_SECS = 0.1
 MAX_SENDS = 2000
 # Polls by the pollers are short so they keep asking during outages.
 POLL_TIMEOUT_SECS = 1
-
-
-@dataclass
-class User:
-    user_id: int
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
 
 
 @dataclass
@@ -168,12 +159,12 @@ def _is_alive(pid: int) -> bool:
         return False
 
 
-def _user(url: str) -> User:
+def _user(url: str) -> HttpUser:
     body = {"handle": unique_handle("sup"), "password": "password123"}
     assert requests.post(url + "/v1/users", json=body, timeout=10).status_code == 201
     r = requests.post(url + "/v1/sessions", json=body, timeout=10)
     assert r.status_code == 201, r.text
-    return User(r.json()["user"]["id"], r.json()["token"])
+    return HttpUser(r.json()["user"]["id"], r.json()["token"])
 
 
 @dataclass
@@ -181,14 +172,14 @@ class Load:
     """Senders and pollers over HTTP; records what the server acknowledged."""
 
     url: str
-    users: list[User]
-    conversations: dict[int, list[User]]
+    users: list[HttpUser]
+    conversations: dict[int, list[HttpUser]]
     acked: dict[int, dict[int, str]] = field(default_factory=dict)
     retries: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     errors: list[str] = field(default_factory=list)
 
-    def send_until_acked(self, sender: User, conversation_id: int, n: int) -> None:
+    def send_until_acked(self, sender: HttpUser, conversation_id: int, n: int) -> None:
         client_msg_id = f"m{n}-{os.urandom(4).hex()}"
         deadline = time.monotonic() + RECOVERY_TIMEOUT_SECS * 2
         while time.monotonic() < deadline:
@@ -225,7 +216,7 @@ class Load:
             self.send_until_acked(members[n % len(members)], conversation_id, n)
             time.sleep(SEND_INTERVAL_SECS)
 
-    def poll_loop(self, user: User, cursor: str) -> None:
+    def poll_loop(self, user: HttpUser, cursor: str) -> None:
         session = requests.Session()
         for _ in range(10_000):
             if self.stop.is_set():
@@ -244,7 +235,7 @@ class Load:
             time.sleep(0.2)
 
 
-def _drain(url: str, user: User, cursor: str) -> list[dict[str, Any]]:
+def _drain(url: str, user: HttpUser, cursor: str) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for _ in range(200):
         r = requests.get(
@@ -297,7 +288,7 @@ def test_each_child_killed_comes_back_and_nothing_acknowledged_is_lost(
     r = requests.post(
         run.url + "/v1/conversations",
         headers=a.headers,
-        json={"kind": "group", "title": "sup", "member_ids": [b.user_id, c.user_id]},
+        json={"kind": "group", "title": "sup", "member_ids": [b.id, c.id]},
         timeout=10,
     )
     assert r.status_code == 201, r.text
@@ -305,7 +296,7 @@ def test_each_child_killed_comes_back_and_nothing_acknowledged_is_lost(
     r = requests.post(
         run.url + "/v1/conversations",
         headers=a.headers,
-        json={"kind": "direct", "user_id": b.user_id},
+        json={"kind": "direct", "user_id": b.id},
         timeout=10,
     )
     assert r.status_code in (200, 201), r.text
@@ -313,10 +304,10 @@ def test_each_child_killed_comes_back_and_nothing_acknowledged_is_lost(
     heads = {}
     for user in (a, b, c):
         r = requests.get(run.url + "/v1/events", headers=user.headers, timeout=10)
-        heads[user.user_id] = r.json()["cursor"]
+        heads[user.id] = r.json()["cursor"]
     load = Load(run.url, [a, b, c], {group_id: [a, b, c], direct_id: [a, b]})
     threads = [threading.Thread(target=load.send_loop)] + [
-        threading.Thread(target=load.poll_loop, args=(u, heads[u.user_id]))
+        threading.Thread(target=load.poll_loop, args=(u, heads[u.id]))
         for u in (a, b, c)
     ]
     for thread in threads:
@@ -354,7 +345,7 @@ def test_each_child_killed_comes_back_and_nothing_acknowledged_is_lost(
         problems = [
             problem
             for user in (a, b, c)
-            for problem in _delivery_problems(load, user, heads[user.user_id])
+            for problem in _delivery_problems(load, user, heads[user.id])
         ]
         if not problems or time.monotonic() >= deadline:
             break
@@ -362,7 +353,7 @@ def test_each_child_killed_comes_back_and_nothing_acknowledged_is_lost(
     assert not problems, problems[:10]
 
 
-def _delivery_problems(load: Load, user: User, head: str) -> list[str]:
+def _delivery_problems(load: Load, user: HttpUser, head: str) -> list[str]:
     """What is wrong with one member's stream: [] when every acknowledged message
     is there exactly once, in seq order, with no gap."""
     events = _drain(load.url, user, head)
