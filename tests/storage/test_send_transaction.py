@@ -3,6 +3,7 @@ roll back, and where its fan-out goes is a pure plan."""
 
 from typing import Any
 
+import gevent
 import psycopg2.extensions
 import pytest
 
@@ -18,12 +19,15 @@ IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 @pytest.fixture
 def executed(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every statement batch sent to PostgreSQL during the test (round trips)."""
+    """Every statement batch the test's own greenlet sends to PostgreSQL (round
+    trips); the app's background greenlets (sweeper, presence) are not counted."""
     sent: list[bytes] = []
     original = ShardCursor.execute
+    test_greenlet = gevent.getcurrent()
 
     def execute(self: ShardCursor, query: Any, vars: Any = None) -> Any:
-        sent.append(query if isinstance(query, bytes) else str(query).encode())
+        if gevent.getcurrent() is test_greenlet:
+            sent.append(query if isinstance(query, bytes) else str(query).encode())
         return original(self, query, vars)
 
     monkeypatch.setattr(ShardCursor, "execute", execute)
