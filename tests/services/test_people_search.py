@@ -108,7 +108,8 @@ def test_a_prefix_search_can_use_its_index(column: str, index: str, app: Any) ->
         plan = "\n".join(
             r[0]
             for r in cur.run(
-                f"EXPLAIN SELECT user_id FROM {{s}}.users WHERE lower({column}) LIKE %s",
+                "EXPLAIN SELECT user_id FROM {s}.users"
+                f" WHERE lower({column}) LIKE %s",
                 (user_store._like_prefix("ali"),),
             ).fetchall()
         )
