@@ -157,7 +157,7 @@ class Settings:
     )
     directory_url: str | None = setting(
         None,
-        "the directory (global ids, handles, sessions)",
+        "the directory (global ids, handles, direct pairs)",
         shown="first shard's database",
         read=_read_dsn,
     )
