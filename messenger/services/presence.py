@@ -12,8 +12,11 @@ path:
   holds, so a held poll keeps its user's last-seen time within the window;
 - sweeps users whose last activity fell behind the grace window;
 - announces each transition (the Redis board hands each one to exactly one
-  worker) as an ephemeral `presence` event to the users sharing a conversation,
-  reading those peers from PostgreSQL in a small greenlet pool.
+  worker) as an ephemeral `presence` event to the users who may see it (API.md
+  "Who sees whose presence": members of a conversation in which the user is not
+  a message request, unless the user blocked them), reading them from
+  PostgreSQL in a small greenlet pool at the moment of the transition, so a
+  block or an accept counts from the next event on.
 Redis trouble is logged and counted (metrics.REDIS_ERRORS) and never reaches a
 poll: presence just goes stale until Redis answers again.
 """
