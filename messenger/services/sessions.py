@@ -46,6 +46,7 @@ CACHE_MAX_ENTRIES = 50_000
 # API.md: a User-Agent is kept, cut to this many characters.
 USER_AGENT_MAX_CHARS = 256
 # "<user id>.<43 characters of base64url>"; user ids are positive bigints.
+BIGINT_MAX = 2**63 - 1
 _TOKEN_RE = re.compile(r"^([1-9][0-9]{0,18})\.([A-Za-z0-9_-]{20,100})\Z")
 
 
@@ -169,7 +170,7 @@ def verify(token: str) -> Verified:
             the first release, which carry no user id, included).
     """
     match = _TOKEN_RE.match(token) if token and len(token) <= 128 else None
-    if match is None:
+    if match is None or int(match[1]) > BIGINT_MAX:
         raise Unauthorized()
     user_id = int(match[1])
     digest = token_digest(token)

@@ -70,8 +70,9 @@ def test_a_token_carries_its_user_id(client: Any, make_user: Any) -> None:
         "1." + secrets.token_urlsafe(32),  # a user id with a made-up secret
         "12.short",
         "x" * 300,
+        "9999999999999999999." + secrets.token_urlsafe(32),  # beyond a bigint
     ],
-    ids=["first-release", "zero-id", "made-up", "short", "long"],
+    ids=["first-release", "zero-id", "made-up", "short", "long", "beyond-bigint"],
 )
 def test_malformed_or_unknown_tokens_are_401(client: Any, token: str) -> None:
     r = client.get("/v1/users/me", headers=bearer(token))
