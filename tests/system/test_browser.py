@@ -644,6 +644,16 @@ def test_people_search_a_request_accepted_and_a_block(
     item = section.get_by_test_id("conversation-item").filter(has_text="Bob")
     expect(item.get_by_test_id("conversation-preview")).to_contain_text("conference")
     screenshot(alice_page, "message-requests")
+    # Her browser does not tell Bob it got the message: no "delivered" for a request.
+    for _ in range(10):
+        conv = requests.get(
+            f"{web.url}/v1/conversations/{conversation_id}",
+            headers=bob.headers,
+            timeout=10,
+        ).json()["conversation"]
+        mine = next(m for m in conv["members"] if m["user_id"] == alice.id)
+        assert mine["delivered_seq"] == 0
+        alice_page.wait_for_timeout(100)
     section.get_by_test_id("request-accept").click()
     expect(section).to_be_hidden()
     main = tid(alice_page, "conversation-list").get_by_test_id("conversation-item")
