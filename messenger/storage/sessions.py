@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,9 +33,15 @@ class CheckedSession:
 _COLUMNS = "session_id, user_id, user_agent, created_at, last_used_at"
 
 _INSERT = """
-INSERT INTO {s}.sessions (token_hash, user_id, user_agent) VALUES (%s, %s, %s)
+INSERT INTO {s}.sessions (session_id, token_hash, user_id, user_agent)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (session_id) DO NOTHING
 RETURNING session_id
 """
+# Session ids are random below 2**53, so JavaScript clients hold them exactly.
+SESSION_ID_BITS = 53
+# A clash of two random 53-bit ids is rare enough that a few tries always do.
+INSERT_TRIES = 5
 
 # The check and the throttled touch in one statement: the row is rewritten only
 # when its last use is older than SESSION_TOUCH_SECS.
@@ -76,8 +83,13 @@ DELETE FROM {s}.sessions WHERE user_id = %s AND session_id <> %s RETURNING token
 
 
 def insert(cur: ShardCursor, token_hash: bytes, user_id: int, user_agent: str) -> int:
-    """Store a new session; its id."""
-    return int(cur.one(_INSERT, (token_hash, user_id, user_agent))[0])
+    """Store a new session under a fresh random id; its id."""
+    for _ in range(INSERT_TRIES):
+        session_id = 1 + secrets.randbelow(2**SESSION_ID_BITS - 1)
+        row = cur.run(_INSERT, (session_id, token_hash, user_id, user_agent)).fetchone()
+        if row is not None:
+            return int(row[0])
+    raise RuntimeError("no free session id after several tries")
 
 
 def check(

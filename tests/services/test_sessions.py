@@ -161,8 +161,8 @@ def test_session_list_shows_agent_last_use_and_current(
         "user_agent",
         "current",
     }
-    ids = [s["id"] for s in listed]
-    assert ids == sorted(ids, reverse=True)  # newest first
+    times = [s["created_at"] for s in listed]
+    assert times == sorted(times, reverse=True)  # newest first
     mine = client.get("/v1/sessions", headers=bearer(phone)).get_json()["sessions"]
     assert [s["current"] for s in mine if s["user_agent"].startswith("Phone")] == [True]
 
