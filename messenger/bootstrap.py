@@ -7,7 +7,8 @@ imported.
   fan-out, wherever it runs (a request, the sweeper, `messenger sweep`), queues
   pushes for offline members. Starts nothing.
 - `start(rt)`: this worker's background work: the wake-up dispatcher, the outbox
-  sweeper and the presence tracker (whose notes the poll hooks feed). Returns a
+  sweeper, the presence tracker (whose notes the poll hooks feed) and the
+  revocation listener (which keeps the token cache honest). Returns a
   Background that stops all of it.
 
 gunicorn workers (wsgi.py) and the tests call both; `messenger sweep` and
@@ -24,8 +25,9 @@ import gevent
 from messenger import runtime
 from messenger.realtime.dispatcher import Dispatcher
 from messenger.realtime.presence import PresenceBoard
+from messenger.realtime.revocations import RevocationListener
 from messenger.runtime import Runtime
-from messenger.services import presence, push
+from messenger.services import blocks, presence, push, sessions
 from messenger.settings import Settings
 from messenger.workers.sweeper import SweepLoop
 
@@ -51,6 +53,7 @@ class Background:
     dispatcher: Dispatcher
     sweeper: SweepLoop
     tracker: presence.Tracker
+    revocations: RevocationListener
     greenlets: list[gevent.Greenlet] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -60,6 +63,11 @@ class Background:
                 hooks.remove(self.tracker.note)
         if presence.tracker() is self.tracker:
             presence.use_tracker(None)
+        self.revocations.stop()
+        sessions.token_cache.is_live = lambda: False
+        sessions.token_cache.clear()
+        blocks.blockers_cache.is_live = lambda: False
+        blocks.blockers_cache.clear()
         self.sweeper.stop()
         self.tracker.stop()
         self.dispatcher.stop()
@@ -69,8 +77,10 @@ class Background:
 
 
 def start(rt: Runtime) -> Background:
-    """Start this worker's dispatcher, sweeper and presence tracker, and connect
-    the poll hooks to the tracker. Once per runtime; stop() undoes it."""
+    """Start this worker's dispatcher, sweeper, presence tracker and revocation
+    listener; connect the poll hooks to the tracker and the token cache to the
+    listener (the cache serves only while it listens). Once per runtime; stop()
+    undoes it."""
     dispatcher = Dispatcher(
         rt.settings.redis_url or "", rt.worker_id, rt.hub, rt.registry
     )
@@ -79,12 +89,28 @@ def start(rt: Runtime) -> Background:
     presence.use_tracker(tracker)
     rt.hub.on_poll_start.append(tracker.note)
     rt.hub.on_poll_end.append(tracker.note)
+    cache = sessions.token_cache
+
+    def forget_all() -> None:
+        cache.clear()
+        blocks.blockers_cache.clear()
+
+    revocations = RevocationListener(
+        rt.settings.redis_url or "",
+        cache.drop,
+        blocks.blockers_cache.drop,
+        forget_all,
+    )
+    cache.is_live = lambda: revocations.listening
+    blocks.blockers_cache.is_live = lambda: revocations.listening
     dispatcher.start()
+    revocations.start()
     background = Background(
         rt,
         dispatcher,
         sweeper,
         tracker,
+        revocations,
         [gevent.spawn(sweeper.run), gevent.spawn(tracker.run)],
     )
     return background

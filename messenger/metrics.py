@@ -98,6 +98,11 @@ PUSH_DELIVERIES = Counter(
 RATE_LIMITED = Counter(
     "messenger_rate_limited_total", "Requests refused with 429.", ["limit"]
 )
+TOKEN_CACHE = Counter(
+    "messenger_token_cache_total",
+    "Bearer-token checks by outcome: hit (no I/O) or miss (the user's shard).",
+    ["outcome"],
+)
 
 
 def exposition(multiprocess_dir: str | None) -> tuple[bytes, str]:

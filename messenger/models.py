@@ -46,6 +46,23 @@ class Conversation:
     last_message: Message | None = None
     read_seq: int = 0
     unread_count: int = 0
+    # The viewer's own settings (API.md "Per-member conversation settings").
+    request: bool = False
+    muted_until: MutedUntil = None
+    archived: bool = False
+
+
+# None (not muted), a time, or "forever".
+MutedUntil = datetime | str | None
+
+
+@dataclass(frozen=True)
+class MemberSettings:
+    """A member's own view of a conversation (its list row, member's shard)."""
+
+    request: bool = False
+    muted_until: MutedUntil = None
+    archived: bool = False
 
 
 @dataclass(frozen=True)

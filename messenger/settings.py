@@ -157,7 +157,7 @@ class Settings:
     )
     directory_url: str | None = setting(
         None,
-        "the directory (global ids, handles, sessions)",
+        "the directory (global ids, handles, direct pairs)",
         shown="first shard's database",
         read=_read_dsn,
     )
@@ -204,6 +204,12 @@ class Settings:
     event_retention_days: int = setting(
         30,
         "events older than this are trimmed; older cursors get 410",
+        lo=1,
+        hi=3650,
+    )
+    session_idle_days: int = setting(
+        30,
+        "a session unused for this many days expires (401)",
         lo=1,
         hi=3650,
     )
@@ -395,11 +401,44 @@ RATE_LIMIT_DEFAULTS: Mapping[str, DefaultRateLimit] = {
     "login": DefaultRateLimit(
         RateLimit(20, 60), "client address", "password guessing from one address"
     ),
+    # Guessing one account's password from one address.
+    "login_handle_address": DefaultRateLimit(
+        RateLimit(5, 300),
+        "handle tried and client address",
+        "guessing one account's password from one address",
+    ),
+    # Over this, only a correct password from an address the handle logged in
+    # from before gets through (services/accounts.py), so strangers guessing from
+    # many addresses cannot lock the owner out.
     "login_handle": DefaultRateLimit(
-        RateLimit(10, 300),
+        RateLimit(30, 3600),
         "handle tried",
-        "guessing one account's password from many addresses; the same answer "
-        "whether the handle exists or not",
+        "guessing one account's password from many addresses; past it, only a "
+        "correct password from an address that logged in before passes",
+    ),
+    "group_change": DefaultRateLimit(
+        RateLimit(20, 60),
+        "user",
+        "renaming a group, adding or removing members, deleting groups in a loop",
+    ),
+    "group_change_conversation": DefaultRateLimit(
+        RateLimit(30, 60),
+        "conversation",
+        "several members churning one group (each change wakes every member)",
+    ),
+    "device": DefaultRateLimit(
+        RateLimit(10, 3600), "user", "registering push devices in a loop"
+    ),
+    "upload": DefaultRateLimit(
+        RateLimit(60, 3600), "user", "attachment uploads (POST /v1/attachments)"
+    ),
+    "password": DefaultRateLimit(
+        RateLimit(10, 3600),
+        "user",
+        "guessing the current password through a stolen session",
+    ),
+    "people_search": DefaultRateLimit(
+        RateLimit(60, 60), "user", "walking the user directory by prefixes"
     ),
 }
 DEFAULT_RATE_LIMITS: Mapping[str, RateLimit] = {

@@ -59,4 +59,14 @@ def conversation_json(conv: Conversation) -> dict[str, Any]:
         "read_seq": conv.read_seq,
         "unread_count": conv.unread_count,
         "members": [member_json(m) for m in conv.members],
+        "request": conv.request,
+        "muted_until": muted_json(conv.muted_until),
+        "archived": conv.archived,
     }
+
+
+def muted_json(muted_until: datetime | str | None) -> str | None:
+    """null, an ISO time, or "forever" (API.md)."""
+    if muted_until is None or isinstance(muted_until, str):
+        return muted_until
+    return format_time(muted_until)

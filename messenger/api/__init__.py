@@ -7,6 +7,7 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     from messenger.api import (
+        blocks,
         conversations,
         devices,
         events,
@@ -20,6 +21,7 @@ def register_blueprints(app: Flask) -> None:
 
     for module in (
         users,
+        blocks,
         conversations,
         messages,
         events,

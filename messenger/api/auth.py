@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from messenger.errors import Unauthorized
-from messenger.services import accounts
+from messenger.services import sessions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,12 +27,16 @@ def bearer_token() -> str:
 
 
 def authenticated(view: F) -> F:
-    """Require a valid bearer token; sets g.user_id and g.token."""
+    """Require a valid bearer token; sets g.user_id, g.session_id and g.token.
+
+    A token this worker verified recently costs no I/O (services/sessions.py)."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         token = bearer_token()
-        g.user_id = accounts.authenticate(token)
+        verified = sessions.verify(token)
+        g.user_id = verified.user_id
+        g.session_id = verified.session_id
         g.token = token
         return view(*args, **kwargs)
 

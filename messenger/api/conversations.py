@@ -17,9 +17,10 @@ from messenger.schemas.conversations import (
     ConversationOut,
     CreateConversationIn,
     ListQuery,
+    MemberSettingsIn,
     UpdateConversationIn,
 )
-from messenger.services import conversations, groups
+from messenger.services import conversations, groups, ratelimit
 
 bp = Blueprint("conversations", __name__, url_prefix="/v1")
 
@@ -48,6 +49,8 @@ def create_conversation() -> Any:
 @bp.get("/conversations")
 @operation(
     "The caller's conversations, most recent activity first.",
+    description="Archived ones only with `archived=true`; `requests=only` or "
+    "`exclude` keeps or leaves out message requests.",
     query=ListQuery,
     responses={200: env.ConversationPage},
 )
@@ -55,7 +58,11 @@ def create_conversation() -> Any:
 def list_conversations() -> Any:
     query = load(ListQuery(), request.args)
     found, next_cursor = conversations.list_for(
-        g.user_id, query["limit"], query.get("before")
+        g.user_id,
+        query["limit"],
+        query.get("before"),
+        archived=query["archived"],
+        requests=query.get("requests"),
     )
     return {
         "conversations": ConversationOut(many=True).dump(found),
@@ -80,18 +87,26 @@ def get_conversation(conversation_id: int) -> Any:
     body=UpdateConversationIn,
     responses={200: env.ConversationEnvelope},
     errors=(403,),
+    rate_limited=True,
 )
 @authenticated
 def update_conversation(conversation_id: int) -> Any:
+    _count_group_change(conversation_id)
     data = load(UpdateConversationIn(), request_json())
     conv = groups.rename(g.user_id, path_id(conversation_id), data["title"])
     return {"conversation": ConversationOut().dump(conv)}
 
 
 @bp.delete("/conversations/<int:conversation_id>")
-@operation("Delete a group (its owner only).", responses={204: None}, errors=(403,))
+@operation(
+    "Delete a group (its owner only).",
+    responses={204: None},
+    errors=(403,),
+    rate_limited=True,
+)
 @authenticated
 def delete_conversation(conversation_id: int) -> Any:
+    _count_group_change(conversation_id)
     groups.delete(g.user_id, path_id(conversation_id))
     return "", 204
 
@@ -102,9 +117,11 @@ def delete_conversation(conversation_id: int) -> Any:
     body=AddMemberIn,
     responses={201: env.ConversationEnvelope},
     errors=(403, 409),
+    rate_limited=True,
 )
 @authenticated
 def add_member(conversation_id: int) -> Any:
+    _count_group_change(conversation_id)
     data = load(AddMemberIn(), request_json())
     conv = groups.add_member(g.user_id, path_id(conversation_id), data["user_id"])
     return {"conversation": ConversationOut().dump(conv)}, 201
@@ -115,8 +132,38 @@ def add_member(conversation_id: int) -> Any:
     "Leave a group, or remove a member (owner only).",
     responses={204: None},
     errors=(403,),
+    rate_limited=True,
 )
 @authenticated
 def remove_member(conversation_id: int, user_id: int) -> Any:
+    _count_group_change(conversation_id)
     groups.remove_member(g.user_id, path_id(conversation_id), path_id(user_id))
     return "", 204
+
+
+@bp.post("/conversations/<int:conversation_id>/accept")
+@operation("Accept a message request.", responses={204: None})
+@authenticated
+def accept(conversation_id: int) -> Any:
+    conversations.accept(g.user_id, path_id(conversation_id))
+    return "", 204
+
+
+@bp.patch("/conversations/<int:conversation_id>/me")
+@operation(
+    "Mute or archive a conversation, for the caller.",
+    body=MemberSettingsIn,
+    responses={200: env.ConversationEnvelope},
+    description="A change is a `member_settings` event to the caller alone.",
+)
+@authenticated
+def update_my_settings(conversation_id: int) -> Any:
+    data = load(MemberSettingsIn(), request_json())
+    conv = conversations.update_settings(g.user_id, path_id(conversation_id), **data)
+    return {"conversation": ConversationOut().dump(conv)}
+
+
+def _count_group_change(conversation_id: int) -> None:
+    """Every group change wakes every member: limited per user and per group."""
+    limits.per_user("group_change")
+    ratelimit.check("group_change_conversation", f"conversation:{conversation_id}")

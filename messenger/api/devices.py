@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
+from messenger.api import limits
 from messenger.api.auth import authenticated
 from messenger.api.common import path_id, request_json
 from messenger.api.operation import operation
@@ -24,9 +25,11 @@ bp = Blueprint("devices", __name__, url_prefix="/v1")
     body=DeviceIn,
     responses={201: env.DeviceEnvelope},
     tag="users",
+    rate_limited=True,
 )
 @authenticated
 def register_device() -> Any:
+    limits.per_user("device")
     data = load(DeviceIn(), request_json())
     device = devices.register(
         g.user_id,

@@ -94,3 +94,18 @@ def rate_limit(name: str, subject: str, window: int) -> str:
     so one script can read both.
     """
     return f"rl:{{{name}:{subject}}}:{window}"
+
+
+# ---- sessions (services/sessions.py, realtime/revocations.py) ----------------------
+
+# Pub/sub channel: hex SHA-256 digests of revoked tokens, JSON list per message.
+# Every worker's token cache drops them on receipt.
+SESSIONS_REVOKED_CHANNEL = "sessions:revoked"
+
+# Set: digests of the client addresses a handle logged in from (login throttling:
+# services/accounts.py). Remembered this long after the last such login.
+LOGIN_KNOWN_ADDRESSES_TTL_SECS = 90 * 86_400
+
+
+def login_known_addresses(handle_digest: str) -> str:
+    return f"login:known:{handle_digest}"

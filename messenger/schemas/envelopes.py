@@ -11,10 +11,10 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from messenger.schemas.base import TITLE, Id, StrictSchema
-from messenger.schemas.conversations import ConversationOut
+from messenger.schemas.conversations import ConversationOut, MutedUntilField
 from messenger.schemas.devices import DeviceOut, RegisteredDeviceOut
 from messenger.schemas.messages import MessageOut
-from messenger.schemas.users import UserOut
+from messenger.schemas.users import SessionInfoOut, UserOut
 from messenger.services.conversations import GROUP_MAX_MEMBERS
 
 ERROR_CODES = (
@@ -41,6 +41,7 @@ EVENT_TYPES = (
     "conversation_deleted",
     "typing",
     "presence",
+    "member_settings",
 )
 
 
@@ -78,6 +79,14 @@ class UserEnvelope(Schema):
     user = fields.Nested(UserOut, required=True)
 
 
+class UserList(Schema):
+    users = fields.List(fields.Nested(UserOut), required=True)
+
+
+class SessionList(Schema):
+    sessions = fields.List(fields.Nested(SessionInfoOut), required=True)
+
+
 class SessionOut(Schema):
     token = fields.String(required=True)
     user = fields.Nested(UserOut, required=True)
@@ -107,13 +116,21 @@ class SearchPage(Schema):
     next = fields.String(required=True, allow_none=True)
 
 
+class EventConversationOut(ConversationOut):
+    """A Conversation in a `conversation_updated` event: a rename carries only
+    what changed, so `members` (unchanged, up to 500) may be left out."""
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        field_obj.required = field_name != "members"
+
+
 class EventOut(Schema):
     """One event: `type` plus the fields of that type at the top level."""
 
     type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
     id = fields.Integer(metadata={"description": "Stored events only."})
     message = fields.Nested(MessageOut)
-    conversation = fields.Nested(ConversationOut)
+    conversation = fields.Nested(EventConversationOut)
     conversation_id = fields.Integer()
     user_id = fields.Integer()
     by = fields.Integer()
@@ -121,6 +138,8 @@ class EventOut(Schema):
     seq = fields.Integer()
     status = fields.String(validate=validate.OneOf(["online", "offline"]))
     last_seen = fields.String(allow_none=True)
+    muted_until = MutedUntilField(allow_none=True)
+    archived = fields.Boolean()
 
 
 class EventsPage(Schema):

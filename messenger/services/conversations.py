@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 from messenger import runtime
 from messenger.errors import NotFound, ValidationFailed
-from messenger.models import Conversation, Member, Message
-from messenger.services import accounts, cursors, fanout
+from messenger.models import Conversation, Member, MemberSettings, Message, MutedUntil
+from messenger.services import accounts, blocks, cursors, fanout, presence
 from messenger.storage import conversations as store
 from messenger.storage import events as event_store
 from messenger.storage import users as user_store
-from messenger.views import conversation_json
+from messenger.views import conversation_json, muted_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,12 @@ def assemble(
     members: list[Member],
     viewer_id: int | None,
     last_message: Message | None,
+    settings: MemberSettings | None = None,
 ) -> Conversation:
-    """The Conversation as viewer_id sees it (its read position, its unread count);
-    every answer and event showing a conversation is built here."""
+    """The Conversation as viewer_id sees it (its read position, its unread count,
+    its own settings); every answer and event showing a conversation is built
+    here. Events get each recipient's settings stamped in as they are stored."""
+    own = settings or MemberSettings()
     read_seq = next((m.read_seq for m in members if m.user_id == viewer_id), 0)
     return Conversation(
         conversation_id=record.conversation_id,
@@ -46,6 +49,9 @@ def assemble(
         last_message=last_message,
         read_seq=read_seq,
         unread_count=max(0, record.last_seq - read_seq),
+        request=own.request,
+        muted_until=own.muted_until,
+        archived=own.archived,
     )
 
 
@@ -55,8 +61,10 @@ def _create(
     title: str | None,
     owner_id: int | None,
     member_ids: list[int],
+    requests: list[int],
 ) -> Conversation:
-    """Create the conversation on its shard (idempotent) and announce it."""
+    """Create the conversation on its shard (idempotent) and announce it; the
+    members in `requests` get it as a message request."""
     router = runtime.get().router
     with router.on_conversation(conversation_id, "create_conversation") as cur:
         created = store.insert(cur, conversation_id, kind, title, owner_id)
@@ -75,6 +83,7 @@ def _create(
                 {
                     "event": {"conversation": conversation_json(conv)},
                     "join": member_ids,
+                    "request": requests,
                 },
             )
     if created:
@@ -98,6 +107,7 @@ def get_or_create_direct(user_id: int, peer_id: int) -> tuple[Conversation, bool
         raise ValidationFailed(
             "The request is not valid.", fields={"user_id": ["No such user."]}
         )
+    blocks.require_not_blocked(user_id, [peer_id])
     lo, hi = sorted((user_id, peer_id))
     router = runtime.get().router
     with router.directory("find_direct", transaction=False) as cur:
@@ -109,7 +119,11 @@ def get_or_create_direct(user_id: int, peer_id: int) -> tuple[Conversation, bool
             created = store.claim_direct_pair(cur, lo, hi, new_id)
             conversation_id = new_id if created else store.find_direct_pair(cur, lo, hi)
     assert conversation_id is not None  # claimed, or found after losing the race
-    conv = _create(conversation_id, "direct", None, None, [lo, hi])
+    # The peer gets it as a message request (API.md), unless it was the peer
+    # who claimed the pair first and this call only heals its creation.
+    conv = _create(
+        conversation_id, "direct", None, None, [lo, hi], [peer_id] if created else []
+    )
     return get(user_id, conv.conversation_id), created
 
 
@@ -133,10 +147,18 @@ def create_group(owner_id: int, title: str, member_ids: list[int]) -> Conversati
             "The request is not valid.",
             fields={"member_ids": [f"No such users: {', '.join(map(str, unknown))}."]},
         )
+    blocks.require_not_blocked(owner_id, members)
     router = runtime.get().router
     with router.directory("allocate_conversation_id", transaction=False) as cur:
         conversation_id = user_store.next_id(cur)
-    _create(conversation_id, "group", title, owner_id, members)
+    _create(
+        conversation_id,
+        "group",
+        title,
+        owner_id,
+        members,
+        [m for m in members if m != owner_id],
+    )
     return get(owner_id, conversation_id)
 
 
@@ -155,7 +177,9 @@ def get(user_id: int, conversation_id: int) -> Conversation:
             raise NotFound("No such conversation.")
         members = store.members_of(cur, [conversation_id])[conversation_id]
         last_message = store.last_message(cur, conversation_id, record.last_seq)
-    return assemble(record, members, user_id, last_message)
+    with router.on_user(user_id, "member_settings", transaction=False) as cur:
+        settings = store.settings_of(cur, user_id, conversation_id)
+    return assemble(record, members, user_id, last_message, settings)
 
 
 def require_member(user_id: int, conversation_id: int) -> None:
@@ -177,13 +201,25 @@ def decode_list_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 def list_for(
-    user_id: int, limit: int, before: str | None
+    user_id: int,
+    limit: int,
+    before: str | None,
+    *,
+    archived: bool = False,
+    requests: str | None = None,
 ) -> tuple[list[Conversation], str | None]:
-    """The user's conversations, most recent activity first, and the next cursor."""
+    """The user's conversations, most recent activity first, and the next cursor.
+
+    Archived ones only with `archived`, else none of them; `requests` "only" or
+    "exclude" keeps or leaves out message requests (None: both).
+    """
     router = runtime.get().router
     position = decode_list_cursor(before) if before else None
+    request = {"only": True, "exclude": False}.get(requests or "")
     with router.on_user(user_id, "list_conversations", transaction=False) as cur:
-        entries = store.list_for_user(cur, user_id, limit + 1, position)
+        entries = store.list_for_user(
+            cur, user_id, limit + 1, position, archived=archived, request=request
+        )
     has_more = len(entries) > limit
     entries = entries[:limit]
     wanted: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -203,6 +239,7 @@ def list_for(
             members.get(e.conversation_id, []),
             user_id,
             e.last_message,
+            e.settings,
         )
         for e in entries
         # Left out when deleted meanwhile: its leave event is on the way.
@@ -213,3 +250,78 @@ def list_for(
         last = entries[-1]
         next_cursor = encode_list_cursor(last.last_activity_at, last.conversation_id)
     return result, next_cursor
+
+
+def accept(user_id: int, conversation_id: int) -> None:
+    """The caller accepts a message request (not one: nothing changes). From then
+    on the other members see the caller's presence; those whose polls are held
+    are told it at once.
+
+    Raises:
+        NotFound: the conversation is not in the caller's list.
+    """
+    router = runtime.get().router
+    with router.on_user(user_id, "accept_request") as cur:
+        was_request = store.accept(cur, user_id, conversation_id)
+    if was_request is None:
+        raise NotFound("No such conversation.")
+    if was_request:
+        with router.on_conversation(
+            conversation_id, "accept_members", transaction=False
+        ) as cur:
+            member_ids = store.member_ids(cur, conversation_id)
+        presence.reveal(user_id, member_ids)
+
+
+_UNSET = object()
+
+
+def update_settings(
+    user_id: int,
+    conversation_id: int,
+    *,
+    muted_until: MutedUntil | object = _UNSET,
+    archived: bool | object = _UNSET,
+) -> Conversation:
+    """Change the caller's mute and archive settings of a conversation.
+
+    A change is a stored `member_settings` event to the caller alone (its other
+    devices), in the same transaction; a request that changes nothing stores
+    none. A mute time already past is no mute.
+
+    Raises:
+        NotFound: the conversation is not in the caller's list.
+    """
+    rt = runtime.get()
+    changed: MemberSettings | None = None
+    with rt.router.on_user(user_id, "update_member_settings") as cur:
+        current = store.settings_of(cur, user_id, conversation_id, lock=True)
+        if current is None:
+            raise NotFound("No such conversation.")
+        muted = current.muted_until if muted_until is _UNSET else muted_until
+        if isinstance(muted, datetime) and muted <= datetime.now(UTC):
+            muted = None
+        wanted = MemberSettings(
+            current.request,
+            muted,  # type: ignore[arg-type]
+            current.archived if archived is _UNSET else bool(archived),
+        )
+        if wanted != current:
+            store.set_settings(
+                cur, user_id, conversation_id, wanted.muted_until, wanted.archived
+            )
+            event_store.insert_own_event(
+                cur,
+                user_id,
+                conversation_id,
+                "member_settings",
+                {
+                    "conversation_id": conversation_id,
+                    "muted_until": muted_json(wanted.muted_until),
+                    "archived": wanted.archived,
+                },
+            )
+            changed = wanted
+    if changed is not None:
+        rt.waker.wake_users([user_id])
+    return get(user_id, conversation_id)

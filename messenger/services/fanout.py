@@ -161,7 +161,8 @@ def _write(
             joins = [u for u in row.payload.get("join", ()) if u in users]
             leaves = [u for u in row.payload.get("leave", ()) if u in users]
             if joins:
-                batch.join(schema, row.conversation_id, joins)
+                requests = [u for u in row.payload.get("request", ()) if u in joins]
+                batch.join(schema, row.conversation_id, joins, requests)
             batch.event(
                 schema,
                 users,

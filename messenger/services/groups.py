@@ -21,7 +21,7 @@ from typing import Any
 from messenger import runtime
 from messenger.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from messenger.models import Conversation, Member
-from messenger.services import accounts, conversations, fanout
+from messenger.services import accounts, blocks, conversations, fanout
 from messenger.services.conversations import GROUP_MAX_MEMBERS
 from messenger.storage import conversations as conversation_store
 from messenger.storage import events as event_store
@@ -73,11 +73,14 @@ def _queue(
     event: dict[str, Any],
     *,
     join: list[int] | None = None,
+    request: list[int] | None = None,
     leave: list[int] | None = None,
 ) -> None:
     payload: dict[str, Any] = {"event": event}
     if join:
         payload["join"] = join
+    if request:
+        payload["request"] = request
     if leave:
         payload["leave"] = leave
     event_store.insert_outbox(cur, conversation_id, kind, recipients, payload)
@@ -98,13 +101,17 @@ def rename(actor_id: int, conversation_id: int, title: str) -> Conversation:
         group, members = _locked_group(cur, conversation_id, actor_id)
         if group.title != title:
             store.rename(cur, conversation_id, title)
-            snapshot = _snapshot(cur, conversation_id, actor_id)
+            snapshot = conversation_json(_snapshot(cur, conversation_id, actor_id))
+            # Only what changed: the member list (up to 500 entries, stored in
+            # every member's stream) did not, and is left out (API.md's
+            # Conversation "with members" is the GET's).
+            del snapshot["members"]
             _queue(
                 cur,
                 conversation_id,
                 "conversation_updated",
                 [m.user_id for m in members],
-                {"conversation": conversation_json(snapshot)},
+                {"conversation": snapshot},
             )
             changed = True
     if changed:
@@ -128,6 +135,7 @@ def add_member(actor_id: int, conversation_id: int, user_id: int) -> Conversatio
         raise ValidationFailed(
             "The request is not valid.", fields={"user_id": ["No such user."]}
         )
+    blocks.require_not_blocked(actor_id, [user_id])
     router = runtime.get().router
     with router.on_conversation(conversation_id, "add_member") as cur:
         group, members = _locked_group(cur, conversation_id, actor_id)
@@ -148,6 +156,7 @@ def add_member(actor_id: int, conversation_id: int, user_id: int) -> Conversatio
             [*(m.user_id for m in members), user_id],
             {"conversation_id": conversation_id, "user_id": user_id, "by": actor_id},
             join=[user_id],
+            request=[user_id],
         )
     logger.info(
         "conversation %s: user %s added by %s", conversation_id, user_id, actor_id

@@ -7,7 +7,7 @@ import logging
 from messenger import runtime
 from messenger.errors import NotFound
 from messenger.models import Message
-from messenger.services import fanout
+from messenger.services import blocks, fanout
 from messenger.storage import messages as store
 from messenger.storage.transaction import pipelined_transaction
 
@@ -28,7 +28,9 @@ def send(
 
     Raises:
         NotFound: no such conversation, or the sender is not a member.
+        Forbidden: a direct conversation whose other member blocked the sender.
     """
+    blocks.require_can_send(sender_id, conversation_id)
     router = runtime.get().router
     with router.on_conversation(
         conversation_id, "send_message", transaction=False

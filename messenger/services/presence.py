@@ -12,8 +12,11 @@ path:
   holds, so a held poll keeps its user's last-seen time within the window;
 - sweeps users whose last activity fell behind the grace window;
 - announces each transition (the Redis board hands each one to exactly one
-  worker) as an ephemeral `presence` event to the users sharing a conversation,
-  reading those peers from PostgreSQL in a small greenlet pool.
+  worker) as an ephemeral `presence` event to the users who may see it (API.md
+  "Who sees whose presence": members of a conversation in which the user is not
+  a message request, unless the user blocked them), reading them from
+  PostgreSQL in a small greenlet pool at the moment of the transition, so a
+  block or an accept counts from the next event on.
 Redis trouble is logged and counted (metrics.REDIS_ERRORS) and never reaches a
 poll: presence just goes stale until Redis answers again.
 """
@@ -36,6 +39,7 @@ from messenger import metrics, runtime
 from messenger.errors import Unavailable
 from messenger.realtime.presence import PresenceBoard
 from messenger.runtime import Runtime
+from messenger.storage import blocks as block_store
 from messenger.storage import peers as peer_store
 from messenger.views import format_time
 
@@ -225,17 +229,19 @@ def tracker() -> Tracker | None:
     return _tracker
 
 
-def peers_of(user_id: int, among: Iterable[int] | None = None) -> set[int]:
-    """Users sharing a conversation with user_id (optionally only among some).
+def peers_of(user_id: int) -> set[int]:
+    """Who may see user_id's presence (API.md "Who sees whose presence"): the
+    members of the conversations in which user_id is not a request, except the
+    users user_id blocked (and user_id itself).
 
     Raises:
         Unavailable: a database needed is down.
     """
     router = runtime.get().router
     with router.on_user(user_id, "presence_conversations", transaction=False) as cur:
-        conversation_ids = peer_store.conversation_ids(cur, user_id)
-    wanted = sorted(set(among)) if among is not None else None
-    if not conversation_ids or wanted == []:
+        conversation_ids = peer_store.visible_conversation_ids(cur, user_id)
+        blocked = {u for u, _at in block_store.blocked_by(cur, user_id)}
+    if not conversation_ids:
         return set()
     by_dsn: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for c in conversation_ids:
@@ -243,26 +249,52 @@ def peers_of(user_id: int, among: Iterable[int] | None = None) -> set[int]:
     found: set[int] = set()
     for dsn, by_schema in by_dsn.items():
         with router.on_dsn(dsn, "presence_peers", transaction=False) as cur:
-            found |= peer_store.members_across(cur, by_schema, wanted)
+            found |= peer_store.members_across(cur, by_schema)
+    return found - blocked - {user_id}
+
+
+def visible_to(caller_id: int, user_ids: Iterable[int]) -> set[int]:
+    """Which of user_ids the caller may see the presence of: those sharing one of
+    the caller's conversations in which they are not a request, and who did not
+    block the caller. The caller's own shard says which conversations and who
+    blocked it; the asked users' shards say in which they are requests.
+
+    Raises:
+        Unavailable: a database needed is down.
+    """
+    asked = sorted(set(user_ids) - {caller_id})
+    if not asked:
+        return set()
+    router = runtime.get().router
+    with router.on_user(caller_id, "presence_caller", transaction=False) as cur:
+        conversation_ids = peer_store.conversation_ids(cur, caller_id)
+        blockers = block_store.blockers_among(cur, caller_id, asked)
+    candidates = [u for u in asked if u not in blockers]
+    if not conversation_ids or not candidates:
+        return set()
+    by_dsn: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for u in candidates:
+        by_dsn[router.dsn_of(u)][router.schema_of(u)].append(u)
+    found: set[int] = set()
+    for dsn, by_schema in by_dsn.items():
+        with router.on_dsn(dsn, "presence_shown", transaction=False) as cur:
+            found |= peer_store.shown_across(cur, by_schema, conversation_ids)
     return found
 
 
-def lookup(caller_id: int, user_ids: list[int]) -> dict[int, tuple[str, str | None]]:
-    """Status and last seen (ISO time or None) of the asked users that share a
-    conversation with the caller (and of the caller itself); others are left out.
+def statuses(user_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+    """Status and last seen (ISO time or None) of each user, with no visibility
+    check.
 
     Raises:
-        Unavailable: Redis or a database needed is down.
+        Unavailable: Redis did not answer.
     """
     rt = runtime.get()
-    asked = set(user_ids)
-    allowed = peers_of(caller_id, asked - {caller_id})
-    if caller_id in asked:
-        allowed.add(caller_id)
-    if not allowed:
+    ids = sorted(set(user_ids))
+    if not ids:
         return {}
     try:
-        seen = PresenceBoard(rt.redis).last_seen(sorted(allowed))
+        seen = PresenceBoard(rt.redis).last_seen(ids)
     except redis.RedisError as exc:
         metrics.REDIS_ERRORS.labels(op="presence").inc()
         logger.warning("presence lookup: Redis unavailable (%s)", exc)
@@ -271,7 +303,7 @@ def lookup(caller_id: int, user_ids: list[int]) -> dict[int, tuple[str, str | No
     pending = _tracker.notes if _tracker is not None else {}
     grace = rt.settings.presence_grace_secs
     result: dict[int, tuple[str, str | None]] = {}
-    for user_id in sorted(allowed):
+    for user_id in ids:
         at = max(seen.get(user_id, 0.0), pending.get(user_id, 0.0))
         if rt.hub.is_holding(user_id):
             at = now
@@ -281,3 +313,45 @@ def lookup(caller_id: int, user_ids: list[int]) -> dict[int, tuple[str, str | No
             status = ONLINE if now - at < grace else OFFLINE
             result[user_id] = (status, _iso(at))
     return result
+
+
+def lookup(caller_id: int, user_ids: list[int]) -> dict[int, tuple[str, str | None]]:
+    """Status and last seen (ISO time or None) of the asked users the caller may
+    see (visible_to), and of the caller itself; others are left out.
+
+    Raises:
+        Unavailable: Redis or a database needed is down.
+    """
+    asked = set(user_ids)
+    allowed = visible_to(caller_id, asked)
+    if caller_id in asked:
+        allowed.add(caller_id)
+    return statuses(allowed)
+
+
+def reveal(user_id: int, viewers: Iterable[int]) -> None:
+    """Tell those of `viewers` who may now see user_id's presence (after an
+    accept or an unblock, with their polls held) its current status, as a
+    `presence` event, instead of leaving them blind until its next change.
+
+    Best effort, like every presence event: a database or Redis failure is
+    logged and the event skipped (GET /v1/presence stays exact).
+    """
+    wanted = set(viewers) - {user_id}
+    if not wanted:
+        return
+    try:
+        audience = sorted(peers_of(user_id) & wanted)
+        if not audience:
+            return
+        status, last_seen = statuses([user_id])[user_id]
+    except Unavailable:
+        logger.warning("user %s: presence not revealed (unavailable)", user_id)
+        return
+    event: dict[str, Any] = {
+        "type": "presence",
+        "user_id": user_id,
+        "status": status,
+        "last_seen": last_seen,
+    }
+    runtime.get().waker.wake_users(audience, ephemeral=event)

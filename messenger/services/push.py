@@ -23,11 +23,14 @@ from typing import Any
 import redis
 
 from messenger import metrics, runtime
+from messenger.errors import Unavailable
 from messenger.models import Message
 from messenger.realtime import keys
 from messenger.realtime.presence import PresenceBoard
 from messenger.services import presence
 from messenger.settings import Settings
+from messenger.storage import blocks as block_store
+from messenger.storage import conversations as conversation_store
 from messenger.storage.events import OutboxRow
 from messenger.views import message_json
 
@@ -99,7 +102,8 @@ def enqueue(rows: list[OutboxRow]) -> int:
 
     Returns how many (member, conversation) batches were added to. Never raises.
     """
-    batches: dict[tuple[int, int], list[str]] = defaultdict(list)
+    # (member, conversation) → (sender, push item) in seq order.
+    items: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
     for row in rows:
         message = row.message
         if row.kind != "message" or message is None:
@@ -107,27 +111,63 @@ def enqueue(rows: list[OutboxRow]) -> int:
         item = json.dumps(preview(message), separators=(",", ":"), ensure_ascii=False)
         for user_id in row.recipients:
             if user_id != message.sender_id:
-                batches[(user_id, row.conversation_id)].append(item)
-    if not batches:
+                items[(user_id, row.conversation_id)].append((message.sender_id, item))
+    if not items:
         return 0
     rt = runtime.get()
     if not rt.hub.redis_ok:
         metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
-        logger.warning("push: Redis is down; %d pushes not queued", len(batches))
+        logger.warning("push: Redis is down; %d pushes not queued", len(items))
         return 0
     try:
-        users = sorted({user_id for user_id, _ in batches})
+        users = sorted({user_id for user_id, _ in items})
         wanted = _with_devices(rt.redis, users)
         wanted -= is_online(wanted)
-        targets = [b for b in batches if b[0] in wanted]
+        muted, blocked = _unwanted(
+            {key: items[key] for key in items if key[0] in wanted}
+        )
+        batches = {
+            key: [item for sender, item in found if (key[0], sender) not in blocked]
+            for key, found in items.items()
+            if key[0] in wanted and key not in muted
+        }
+        targets = [key for key, found in batches.items() if found]
         if targets:
             _add(rt.redis, {b: batches[b] for b in targets}, rt.settings)
     except redis.RedisError as exc:
         metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
-        logger.warning("push: %d pushes not queued: %s", len(batches), exc)
+        logger.warning("push: %d pushes not queued: %s", len(items), exc)
+        return 0
+    except Unavailable:
+        logger.warning("push: %d pushes not queued (database)", len(items))
         return 0
     metrics.PUSH_ENQUEUED.inc(len(targets))
     return len(targets)
+
+
+def _unwanted(
+    items: dict[tuple[int, int], list[tuple[int, str]]],
+) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """What the members asked not to be pushed, read on their shards: the
+    (member, conversation) pairs muted now, and the (member, sender) pairs where
+    the member blocked the sender (API.md).
+
+    Raises:
+        Unavailable: a database needed is down.
+    """
+    by_schema: dict[str, list[int]] = defaultdict(list)
+    for user_id in sorted({user_id for user_id, _ in items}):
+        by_schema[runtime.get().router.schema_of(user_id)].append(user_id)
+    conversation_ids = sorted({c for _, c in items})
+    senders = sorted({sender for found in items.values() for sender, _ in found})
+    muted: set[tuple[int, int]] = set()
+    blocked: set[tuple[int, int]] = set()
+    router = runtime.get().router
+    for user_ids in by_schema.values():
+        with router.on_user(user_ids[0], "push_wishes", transaction=False) as cur:
+            muted |= conversation_store.muted_among(cur, user_ids, conversation_ids)
+            blocked |= block_store.pairs_among(cur, user_ids, senders)
+    return muted, blocked
 
 
 def _with_devices(client: redis.Redis, user_ids: list[int]) -> set[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from messenger import runtime
 from messenger.errors import NotFound
+from messenger.services import blocks
 from messenger.storage import conversations as conversation_store
 
 
@@ -27,8 +28,11 @@ def announce(user_id: int, conversation_id: int) -> None:
         member_ids = conversation_store.member_ids(cur, conversation_id)
     if user_id not in member_ids:
         raise NotFound("No such conversation.")
+    others = [m for m in member_ids if m != user_id]
+    # API.md: a user the typist blocked gets none of its typing events.
+    hidden = blocks.blocked_among(user_id, others)
     rt.waker.wake_users(
-        [m for m in member_ids if m != user_id],
+        [m for m in others if m not in hidden],
         ephemeral={
             "type": "typing",
             "conversation_id": conversation_id,

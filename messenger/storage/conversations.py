@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from messenger.models import Member, Message
+from messenger.models import Member, MemberSettings, Message, MutedUntil
 from messenger.storage.pools import ShardCursor
 
 
@@ -35,6 +35,7 @@ class ListEntry:
     conversation_id: int
     last_activity_at: datetime
     last_message: Message | None
+    settings: MemberSettings = MemberSettings()
 
 
 _CLAIM_PAIR = """
@@ -90,14 +91,27 @@ SELECT 1 FROM {s}.members WHERE conversation_id = %s AND user_id = %s
 
 _MEMBER_IDS = "SELECT user_id FROM {s}.members WHERE conversation_id = %s"
 
-_LIST = """
+# The member's own settings as API.md shows them: a mute that has run out is no
+# mute; 'infinity' is "forever".
+_SETTINGS_COLUMNS = """
+uc.request,
+CASE WHEN uc.muted_until IS NULL OR uc.muted_until <= now() THEN NULL
+     WHEN uc.muted_until = 'infinity' THEN NULL ELSE uc.muted_until END,
+uc.muted_until = 'infinity',
+uc.archived
+"""
+
+_LIST = f"""
 SELECT uc.conversation_id, uc.last_activity_at, uc.last_seq,
-       mb.sender_id, mb.client_msg_id, mb.body, mb.created_at
-FROM {s}.user_conversations uc
-LEFT JOIN {s}.mailbox mb
+       mb.sender_id, mb.client_msg_id, mb.body, mb.created_at,
+       {_SETTINGS_COLUMNS}
+FROM {{s}}.user_conversations uc
+LEFT JOIN {{s}}.mailbox mb
   ON mb.user_id = uc.user_id AND mb.conversation_id = uc.conversation_id
  AND mb.seq = uc.last_seq
 WHERE uc.user_id = %(u)s
+  AND uc.archived = %(archived)s
+  AND (%(request)s::boolean IS NULL OR uc.request = %(request)s)
   AND (%(before_at)s::timestamptz IS NULL
        OR (uc.last_activity_at, uc.conversation_id) < (%(before_at)s, %(before_id)s))
 ORDER BY uc.last_activity_at DESC, uc.conversation_id DESC
@@ -174,13 +188,28 @@ def member_ids(cur: ShardCursor, conversation_id: int) -> list[int]:
 
 
 def list_for_user(
-    cur: ShardCursor, user_id: int, limit: int, before: tuple[datetime, int] | None
+    cur: ShardCursor,
+    user_id: int,
+    limit: int,
+    before: tuple[datetime, int] | None,
+    *,
+    archived: bool = False,
+    request: bool | None = None,
 ) -> list[ListEntry]:
-    """The user's conversations by latest activity, with their last message."""
+    """The user's conversations by latest activity, with their last message:
+    the archived ones or the others, and only requests (True), no requests
+    (False) or both (None)."""
     before_at, before_id = before if before else (None, None)
     rows = cur.run(
         _LIST,
-        {"u": user_id, "before_at": before_at, "before_id": before_id, "limit": limit},
+        {
+            "u": user_id,
+            "before_at": before_at,
+            "before_id": before_id,
+            "limit": limit,
+            "archived": archived,
+            "request": request,
+        },
     ).fetchall()
     return [
         ListEntry(
@@ -189,9 +218,80 @@ def list_for_user(
             Message(c, last_seq, sender_id, cmid, body, msg_at)
             if sender_id is not None
             else None,
+            _settings(rest),
         )
-        for c, at, last_seq, sender_id, cmid, body, msg_at in rows
+        for c, at, last_seq, sender_id, cmid, body, msg_at, *rest in rows
     ]
+
+
+def _settings(row: Any) -> MemberSettings:
+    request, muted_at, forever, archived = row
+    muted: MutedUntil = "forever" if forever else muted_at
+    return MemberSettings(bool(request), muted, bool(archived))
+
+
+_GET_SETTINGS = f"""
+SELECT {_SETTINGS_COLUMNS} FROM {{s}}.user_conversations uc
+WHERE uc.user_id = %s AND uc.conversation_id = %s
+"""
+
+_LOCK_SETTINGS = f"""
+SELECT {_SETTINGS_COLUMNS} FROM {{s}}.user_conversations uc
+WHERE uc.user_id = %s AND uc.conversation_id = %s FOR UPDATE
+"""
+
+_SET_SETTINGS = """
+UPDATE {s}.user_conversations
+SET muted_until = CASE WHEN %(forever)s THEN 'infinity'::timestamptz
+                       ELSE %(muted)s::timestamptz END,
+    archived = %(archived)s
+WHERE user_id = %(u)s AND conversation_id = %(c)s
+"""
+
+_ACCEPT = """
+UPDATE {s}.user_conversations uc SET request = false
+FROM {s}.user_conversations old
+WHERE uc.user_id = %s AND uc.conversation_id = %s
+  AND old.user_id = uc.user_id AND old.conversation_id = uc.conversation_id
+RETURNING old.request
+"""
+
+
+def settings_of(
+    cur: ShardCursor, user_id: int, conversation_id: int, *, lock: bool = False
+) -> MemberSettings | None:
+    """The member's own settings (member's shard); None when the conversation is
+    not in its list."""
+    row = cur.run(
+        _LOCK_SETTINGS if lock else _GET_SETTINGS, (user_id, conversation_id)
+    ).fetchone()
+    return None if row is None else _settings(row)
+
+
+def set_settings(
+    cur: ShardCursor,
+    user_id: int,
+    conversation_id: int,
+    muted_until: MutedUntil,
+    archived: bool,
+) -> None:
+    cur.run(
+        _SET_SETTINGS,
+        {
+            "u": user_id,
+            "c": conversation_id,
+            "forever": muted_until == "forever",
+            "muted": None if isinstance(muted_until, str) else muted_until,
+            "archived": archived,
+        },
+    )
+
+
+def accept(cur: ShardCursor, user_id: int, conversation_id: int) -> bool | None:
+    """Clear the member's request flag; whether it was set (None: the
+    conversation is not in its list)."""
+    row = cur.run(_ACCEPT, (user_id, conversation_id)).fetchone()
+    return None if row is None else bool(row[0])
 
 
 def rows_across(
@@ -238,3 +338,17 @@ def last_message(cur: ShardCursor, conversation_id: int, seq: int) -> Message | 
         return None
     row = cur.run(_LAST_MESSAGE, (conversation_id, seq)).fetchone()
     return None if row is None else Message(conversation_id, *row)
+
+
+_MUTED_AMONG = """
+SELECT user_id, conversation_id FROM {s}.user_conversations
+WHERE user_id = ANY(%s) AND conversation_id = ANY(%s) AND muted_until > now()
+"""
+
+
+def muted_among(
+    cur: ShardCursor, user_ids: list[int], conversation_ids: list[int]
+) -> set[tuple[int, int]]:
+    """(user, conversation) pairs muted now (users' shard)."""
+    rows = cur.run(_MUTED_AMONG, (user_ids, conversation_ids))
+    return {(int(r[0]), int(r[1])) for r in rows}

@@ -30,15 +30,45 @@ SELECT {s}.fanout_message(%(u)s::bigint[], %(c)s, %(seq)s, %(sender)s, %(cmid)s,
                           %(body)s, %(at)s, %(origin)s);
 """
 
+# A member joining as a message request (someone else opened the conversation
+# or added it) is in %(request)s.
 _JOIN = """
-INSERT INTO {s}.user_conversations (user_id, conversation_id, last_activity_at)
-SELECT u, %(c)s, now() FROM unnest(%(join)s::bigint[]) AS u
+INSERT INTO {s}.user_conversations (user_id, conversation_id, last_activity_at, request)
+SELECT u, %(c)s, now(), u = ANY(%(request)s::bigint[])
+FROM unnest(%(join)s::bigint[]) AS u
 ON CONFLICT (user_id, conversation_id) DO NOTHING;
+"""
+
+# A Conversation in an event is shared by its recipients; each one's own
+# settings (API.md: request, muted_until, archived, "for the caller") are
+# stamped in from its list row as the event is stored.
+_OWN_SETTINGS = """jsonb_build_object(
+    'request', uc.request,
+    'archived', uc.archived,
+    'muted_until',
+    CASE WHEN uc.muted_until IS NULL OR uc.muted_until <= now() THEN 'null'::jsonb
+         WHEN uc.muted_until = 'infinity' THEN '"forever"'::jsonb
+         ELSE to_jsonb(to_char(uc.muted_until AT TIME ZONE 'UTC',
+                               'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) END)"""
+
+# An event to one user about its own settings (member_settings), written in the
+# transaction that changes them, on the user's shard.
+_OWN_EVENT = """
+WITH st AS (
+    UPDATE {s}.user_state SET last_event_id = last_event_id + 1
+    WHERE user_id = %(u)s RETURNING user_id, last_event_id
+)
+INSERT INTO {s}.events (user_id, event_id, type, conversation_id, origin, payload)
+SELECT user_id, last_event_id, %(type)s, %(c)s,
+       'u:' || %(c)s || ':' || last_event_id, %(payload)s::jsonb
+FROM st
+RETURNING event_id
 """
 
 # Non-message events are deduplicated by their origin (the outbox row), and,
 # like messages, reach only users whose list row exists (joins run before).
-_FANOUT_EVENT = """
+_FANOUT_EVENT = (
+    """
 WITH fresh AS (
     SELECT u AS user_id FROM unnest(%(u)s::bigint[]) AS u
     WHERE NOT EXISTS (SELECT 1 FROM {s}.events e
@@ -51,8 +81,17 @@ WITH fresh AS (
     RETURNING s.user_id, s.last_event_id
 )
 INSERT INTO {s}.events (user_id, event_id, type, conversation_id, origin, payload)
-SELECT user_id, last_event_id, %(type)s, %(c)s, %(origin)s, %(payload)s FROM st;
+SELECT st.user_id, st.last_event_id, %(type)s, %(c)s, %(origin)s,
+       CASE WHEN %(type)s = 'conversation_updated'
+            THEN jsonb_set(%(payload)s::jsonb, '{{conversation}}',
+                           (%(payload)s::jsonb -> 'conversation') || """
+    + _OWN_SETTINGS
+    + """)
+            ELSE %(payload)s::jsonb END
+FROM st JOIN {s}.user_conversations uc
+  ON uc.user_id = st.user_id AND uc.conversation_id = %(c)s;
 """
+)
 
 _TOUCH = """
 UPDATE {s}.user_conversations SET last_activity_at = GREATEST(last_activity_at, now())
@@ -129,7 +168,8 @@ class OutboxRow:
     """A change waiting to reach its recipients' event streams.
 
     `payload` for non-message kinds: {"event": {...API fields}, "join": [ids],
-    "leave": [ids]}; update services/fanout.py when adding a key.
+    "request": [ids joining as message requests], "leave": [ids]}; update
+    services/fanout.py when adding a key.
     """
 
     outbox_id: int
@@ -177,8 +217,18 @@ class FanoutBatch:
             },
         )
 
-    def join(self, schema: str, conversation_id: int, user_ids: Sequence[int]) -> None:
-        self._add(_JOIN, schema, {"c": conversation_id, "join": list(user_ids)})
+    def join(
+        self,
+        schema: str,
+        conversation_id: int,
+        user_ids: Sequence[int],
+        requests: Sequence[int] = (),
+    ) -> None:
+        self._add(
+            _JOIN,
+            schema,
+            {"c": conversation_id, "join": list(user_ids), "request": list(requests)},
+        )
 
     def event(
         self,
@@ -274,6 +324,26 @@ def insert_outbox(
             list(recipients),
             json.dumps(payload, separators=(",", ":"), default=str),
         ),
+    )
+    return int(row[0])
+
+
+def insert_own_event(
+    cur: ShardCursor,
+    user_id: int,
+    conversation_id: int,
+    event_type: str,
+    fields: dict[str, Any],
+) -> int:
+    """Store an event for one user (its own settings changed); its id."""
+    row = cur.one(
+        _OWN_EVENT,
+        {
+            "u": user_id,
+            "c": conversation_id,
+            "type": event_type,
+            "payload": json.dumps(fields, separators=(",", ":")),
+        },
     )
     return int(row[0])
 

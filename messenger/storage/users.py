@@ -24,9 +24,29 @@ _BY_HANDLE = f"SELECT {_USER_COLUMNS} FROM {{s}}.users WHERE handle = %s"
 _CREDENTIALS = "SELECT user_id, password_hash FROM {s}.users WHERE handle = %s"
 _SET_HASH = "UPDATE {s}.users SET password_hash = %s WHERE user_id = %s"
 
-_INSERT_SESSION = "INSERT INTO {s}.sessions (token_hash, user_id) VALUES (%s, %s)"
-_SESSION_USER = "SELECT user_id FROM {s}.sessions WHERE token_hash = %s"
-_DELETE_SESSION = "DELETE FROM {s}.sessions WHERE token_hash = %s"
+_HASH_BY_ID = "SELECT password_hash FROM {s}.users WHERE user_id = %s"
+_SET_DISPLAY_NAME = f"""
+UPDATE {{s}}.users SET display_name = %s WHERE user_id = %s RETURNING {_USER_COLUMNS}
+"""
+
+# A prefix of the handle or the display name, case-insensitive, through the
+# lower(...) text_pattern_ops indexes of sql/directory/0030_people_search.sql
+# (the LIKE patterns must repeat their exact expressions). The exact handle
+# first, then handles, then display names, alphabetically.
+_SEARCH = f"""
+SELECT {_USER_COLUMNS} FROM (
+    SELECT {_USER_COLUMNS} FROM {{s}}.users
+    WHERE lower(handle) LIKE %(prefix)s ESCAPE '\\'
+    UNION
+    SELECT {_USER_COLUMNS} FROM {{s}}.users
+    WHERE lower(display_name) LIKE %(prefix)s ESCAPE '\\'
+) found
+WHERE NOT user_id = ANY(%(hidden)s)
+ORDER BY lower(handle) = %(q)s DESC,
+         lower(handle) LIKE %(prefix)s ESCAPE '\\' DESC,
+         lower(handle), user_id
+LIMIT %(limit)s
+"""
 
 _INSERT_USER_STATE = """
 INSERT INTO {s}.user_state (user_id) VALUES (%s) ON CONFLICT DO NOTHING
@@ -69,17 +89,32 @@ def set_password_hash(cur: ShardCursor, user_id: int, password_hash: str) -> Non
     cur.run(_SET_HASH, (password_hash, user_id))
 
 
-def insert_session(cur: ShardCursor, token_hash: bytes, user_id: int) -> None:
-    cur.run(_INSERT_SESSION, (token_hash, user_id))
+def password_hash(cur: ShardCursor, user_id: int) -> str | None:
+    row: Any = cur.run(_HASH_BY_ID, (user_id,)).fetchone()
+    return str(row[0]) if row else None
 
 
-def session_user(cur: ShardCursor, token_hash: bytes) -> int | None:
-    row: Any = cur.run(_SESSION_USER, (token_hash,)).fetchone()
-    return int(row[0]) if row else None
+def set_display_name(
+    cur: ShardCursor, user_id: int, display_name: str
+) -> UserRow | None:
+    return cur.run(_SET_DISPLAY_NAME, (display_name, user_id)).fetchone()
 
 
-def delete_session(cur: ShardCursor, token_hash: bytes) -> None:
-    cur.run(_DELETE_SESSION, (token_hash,))
+def _like_prefix(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def search(
+    cur: ShardCursor, query: str, limit: int, hidden: list[int]
+) -> list[UserRow]:
+    """Users whose handle or display name starts with `query` (any case), the
+    exact handle first; `hidden` user ids are left out."""
+    q = query.lower()
+    return cur.run(
+        _SEARCH,
+        {"q": q, "prefix": _like_prefix(q), "hidden": hidden, "limit": limit},
+    ).fetchall()
 
 
 def ensure_user_state(cur: ShardCursor, user_id: int) -> None:

@@ -60,6 +60,43 @@ MATRIX = [
     Row("GET", "/v1/users/me", "/v1/users/me", (401,) + (200,) * 4),
     Row("GET", "/v1/users/<int:user_id>", "/v1/users/{owner_id}", (401,) + (200,) * 4),
     Row("GET", "/v1/users", "/v1/users?handle={owner}", (401,) + (200,) * 4),
+    Row(
+        "PATCH",
+        "/v1/users/me",
+        "/v1/users/me",
+        (401,) + (200,) * 4,
+        lambda w: {"display_name": "Renamed"},
+    ),
+    Row(
+        "PUT",
+        "/v1/users/me/password",
+        "/v1/users/me/password",
+        (401,) + (204,) * 4,
+        lambda w: {
+            "current_password": "correct horse",
+            "new_password": "correct horse",
+        },
+    ),
+    Row("GET", "/v1/sessions", "/v1/sessions", (401,) + (200,) * 4),
+    Row(
+        "DELETE",
+        "/v1/sessions/<int:session_id>",
+        "/v1/sessions/{session}",
+        (401, 404, 404, 404, 204),  # the owner's spare session
+        fresh=True,
+    ),
+    Row("DELETE", "/v1/sessions", "/v1/sessions", (401,) + (204,) * 4),
+    # blocks
+    Row(
+        "PUT", "/v1/blocks/<int:user_id>", "/v1/blocks/{spare_id}", (401,) + (204,) * 4
+    ),
+    Row(
+        "DELETE",
+        "/v1/blocks/<int:user_id>",
+        "/v1/blocks/{spare_id}",
+        (401,) + (204,) * 4,
+    ),
+    Row("GET", "/v1/blocks", "/v1/blocks", (401,) + (200,) * 4),
     # conversations
     Row(
         "POST",
@@ -103,6 +140,19 @@ MATRIX = [
         "/v1/conversations/{group}/members/{member_id}",
         (401, 404, 404, 204, 204),  # the member leaves; the owner removes
         fresh=True,
+    ),
+    Row(
+        "POST",
+        "/v1/conversations/<int:conversation_id>/accept",
+        "/v1/conversations/{group}/accept",
+        (401, 404, 404, 204, 204),
+    ),
+    Row(
+        "PATCH",
+        "/v1/conversations/<int:conversation_id>/me",
+        "/v1/conversations/{group}/me",
+        (401, 404, 404, 200, 200),
+        lambda w: {"archived": False},
     ),
     # messages
     Row(
@@ -191,6 +241,14 @@ class World:
         )
         assert r.status_code == 201, r.get_json()
         self.device = r.get_json()["device"]["id"]
+        # A second session of the owner, for revoking one by id.
+        r = client.post(
+            "/v1/sessions",
+            json={"handle": owner.handle, "password": owner.password},
+        )
+        spare_headers = {"Authorization": f"Bearer {r.get_json()['token']}"}
+        sessions = client.get("/v1/sessions", headers=spare_headers).get_json()
+        self.session = next(s["id"] for s in sessions["sessions"] if s["current"])
 
     def path(self, row: Row) -> str:
         return row.path.format(
@@ -200,6 +258,8 @@ class World:
             owner_id=self.users["owner"].id,
             owner=self.users["owner"].handle,
             member_id=self.users["member"].id,
+            spare_id=self.spare_id,
+            session=self.session,
         )
 
     def headers(self, actor: str, row: Row) -> dict[str, str]:

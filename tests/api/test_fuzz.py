@@ -34,6 +34,17 @@ RULES_BEYOND_THE_SCHEMA = {
     "POST /v1/conversations/{conversation_id}/receipts": "a seq beyond the last one",
     "POST /v1/devices": "a URL that isn't http(s) to a public host",
     "GET /v1/events": "a cursor the server never gave (410)",
+    "PUT /v1/blocks/{user_id}": "oneself",
+    "GET /v1/users": "handle or q, exactly one of them",
+    "PATCH /v1/conversations/{conversation_id}/me": "an empty body (one or both)",
+}
+# Operations that end sessions: run with a fresh token of a user of their own, so
+# they never end the fuzz user's.
+ENDS_SESSIONS = {
+    "/v1/sessions",
+    "/v1/sessions/current",
+    "/v1/sessions/{session_id}",
+    "/v1/users/me/password",
 }
 
 
@@ -61,7 +72,7 @@ def fuzz_world(app: Any) -> dict[str, Any]:
             body["user"]["id"], handle, "fuzzing pw", body["token"]
         )
 
-    me, peer, other = user(), user(), user()
+    me, peer, other, ender = user(), user(), user(), user()
     direct = client.post(
         "/v1/conversations",
         headers=me.headers,
@@ -86,7 +97,7 @@ def fuzz_world(app: Any) -> dict[str, Any]:
         "user_ids": [me.id, peer.id, other.id],
         "conversation_ids": [direct, *groups],
         "login": lambda: client.post(
-            "/v1/sessions", json={"handle": me.handle, "password": me.password}
+            "/v1/sessions", json={"handle": ender.handle, "password": ender.password}
         ).get_json()["token"],
     }
 
@@ -132,8 +143,8 @@ def _fuzz_operation(
     def run(case: Any) -> None:
         _realistic(case, world)
         token = world["me"].token
-        if operation.path == "/v1/sessions/current":
-            token = world["login"]()  # logging out must not end the fuzz user
+        if operation.path in ENDS_SESSIONS:
+            token = world["login"]()  # they must not end the fuzz user's session
         REQUESTS[f"{mode.value} {operation.label}"] += 1
         headers = {"Authorization": f"Bearer {token}"}
         if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):

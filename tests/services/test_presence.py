@@ -161,7 +161,8 @@ def test_presence_answers_only_about_peers(
     client: Any, make_user: Any, chat: Any
 ) -> None:
     me, peer, group_peer, stranger = make_user(), make_user(), make_user(), make_user()
-    chat.direct(me, peer)
+    # Opened by the peers: neither of them is a message request, so both show.
+    chat.direct(peer, me)
     chat.group(group_peer, [me])
     for user in (me, peer, group_peer, stranger):
         chat.head(user)

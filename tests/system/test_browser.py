@@ -603,3 +603,191 @@ def test_phone_sized_screen_shows_one_pane_at_a_time(
     tid(bob_page, "back-button").click()
     expect(tid(bob_page, "app-view")).to_have_attribute("data-view", "list")
     expect(tid(bob_page, "conversation-list")).to_be_visible()
+
+
+# ---- second release: people search, requests, blocks, mute, archive, settings ----
+
+
+def api_send(web: Server, user: Account, conversation_id: int, body: str) -> int:
+    r = requests.post(
+        f"{web.url}/v1/conversations/{conversation_id}/messages",
+        headers=user.headers,
+        json={"client_msg_id": os.urandom(6).hex(), "body": body},
+        timeout=10,
+    )
+    return r.status_code
+
+
+def test_people_search_a_request_accepted_and_a_block(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    alice_page, bob_page = open_page(), open_page()
+    log_in(alice_page, alice)
+    log_in(bob_page, bob)
+    # Bob finds Alice by the start of her handle and opens a chat from the result.
+    tid(bob_page, "new-direct-handle").fill(alice.handle[:-2])
+    result = tid(bob_page, "person-result").filter(has_text=alice.handle)
+    expect(result).to_have_count(1)
+    screenshot(bob_page, "people-search")
+    result.click()
+    expect(tid(bob_page, "chat-title")).to_have_text("Alice")
+    conversation_id = int(tid(bob_page, "chat").get_attribute("data-conversation-id"))
+    send(bob_page, "Hi, we met at the conference")
+    expect_message(bob_page, "Hi, we met at the conference", own=True)
+    # For Alice it is a message request, with its buttons.
+    section = tid(alice_page, "requests-section")
+    expect(section).to_be_visible()
+    expect(tid(alice_page, "requests-count")).to_have_text("1")
+    item = section.get_by_test_id("conversation-item").filter(has_text="Bob")
+    expect(item.get_by_test_id("conversation-preview")).to_contain_text("conference")
+    screenshot(alice_page, "message-requests")
+    # Her browser does not tell Bob it got the message: no "delivered" for a request.
+    for _ in range(10):
+        conv = requests.get(
+            f"{web.url}/v1/conversations/{conversation_id}",
+            headers=bob.headers,
+            timeout=10,
+        ).json()["conversation"]
+        mine = next(m for m in conv["members"] if m["user_id"] == alice.id)
+        assert mine["delivered_seq"] == 0
+        alice_page.wait_for_timeout(100)
+    section.get_by_test_id("request-accept").click()
+    expect(section).to_be_hidden()
+    main = tid(alice_page, "conversation-list").get_by_test_id("conversation-item")
+    expect(main.filter(has_text="Bob")).to_have_count(1)
+    # Accepted: Bob now sees Alice online.
+    presence = requests.get(
+        f"{web.url}/v1/presence",
+        params={"user_ids": alice.id},
+        headers=bob.headers,
+        timeout=10,
+    ).json()["presence"]
+    assert str(alice.id) in presence
+    # Alice blocks Bob from the chat: his messages are refused.
+    main.filter(has_text="Bob").click()
+    tid(alice_page, "block-button").click()
+    expect(tid(alice_page, "block-button")).to_have_text("Unblock")
+    screenshot(alice_page, "chat-blocked")
+    assert api_send(web, bob, conversation_id, "still there?") == 403
+    tid(alice_page, "block-button").click()
+    expect(tid(alice_page, "block-button")).to_have_text("Block")
+    assert api_send(web, bob, conversation_id, "hello again") == 201
+    expect_message(alice_page, "hello again", own=False)
+
+
+def test_requests_can_be_blocked_or_deleted_from_the_list(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice, carol, dave = account("Alice"), account("Carol"), account("Dave")
+    alice_page = open_page()
+    log_in(alice_page, alice)
+    for sender in (carol, dave):
+        r = requests.post(
+            f"{web.url}/v1/conversations",
+            headers=sender.headers,
+            json={"kind": "direct", "user_id": alice.id},
+            timeout=10,
+        )
+        assert r.status_code == 201
+        assert api_send(web, sender, r.json()["conversation"]["id"], "psst") == 201
+    section = tid(alice_page, "requests-section")
+    expect(tid(alice_page, "requests-count")).to_have_text("2")
+    carol_row = section.locator("li").filter(has_text="Carol")
+    carol_row.get_by_test_id("request-block").click()
+    expect(section.locator("li").filter(has_text="Carol")).to_have_count(0)
+    blocked = requests.get(f"{web.url}/v1/blocks", headers=alice.headers, timeout=10)
+    assert [u["id"] for u in blocked.json()["users"]] == [carol.id]
+    dave_row = section.locator("li").filter(has_text="Dave")
+    dave_row.get_by_test_id("request-delete").click()
+    expect(section).to_be_hidden()
+    # Deleted requests wait under Archived.
+    tid(alice_page, "archived-toggle").click()
+    archived = tid(alice_page, "conversation-list").get_by_test_id("conversation-item")
+    expect(archived).to_have_count(2)
+
+
+def test_mute_and_archive_from_the_chat(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    alice_page = open_page()
+    log_in(alice_page, alice)
+    conversation_id = open_direct(alice_page, bob)
+    send(alice_page, "ping")
+    expect_message(alice_page, "ping", own=True)
+    tid(alice_page, "mute-button").click()
+    expect(tid(alice_page, "mute-button")).to_have_text("Unmute")
+    conv = requests.get(
+        f"{web.url}/v1/conversations/{conversation_id}",
+        headers=alice.headers,
+        timeout=10,
+    ).json()["conversation"]
+    assert conv["muted_until"] == "forever"
+    tid(alice_page, "archive-button").click()
+    expect(tid(alice_page, "archive-button")).to_have_text("Unarchive")
+    listed = tid(alice_page, "conversation-list").get_by_test_id("conversation-item")
+    expect(listed.filter(has_text="Bob")).to_have_count(0)
+    screenshot(alice_page, "chat-muted-archived")
+    # Bob writes: the conversation comes back to the list.
+    assert api_send(web, bob, conversation_id, "pong") == 201
+    expect(listed.filter(has_text="Bob")).to_have_count(1)
+    expect(tid(alice_page, "archive-button")).to_have_text("Archive")
+    tid(alice_page, "mute-button").click()
+    expect(tid(alice_page, "mute-button")).to_have_text("Mute")
+
+
+def test_settings_profile_password_and_sessions(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice = account("Alice")
+    page = open_page()
+    log_in(page, alice)
+    tid(page, "settings-button").click()
+    expect(tid(page, "settings-view")).to_be_visible()
+    # Two sessions besides this browser's: the account's API one, and a phone.
+    r = requests.post(
+        f"{web.url}/v1/sessions",
+        json={"handle": alice.handle, "password": PASSWORD},
+        headers={"User-Agent": "PhoneApp/3.1"},
+        timeout=10,
+    )
+    phone = {"Authorization": f"Bearer {r.json()['token']}"}
+    tid(page, "settings-close").click()
+    tid(page, "settings-button").click()
+    sessions = tid(page, "session-item")
+    expect(sessions).to_have_count(3)
+    expect(sessions.filter(has_text="This browser")).to_have_count(1)
+    tid(page, "profile-display-name").fill("Alice Liddell")
+    tid(page, "profile-save").click()
+    expect(tid(page, "profile-message")).to_have_text("Saved.")
+    expect(tid(page, "me-name")).to_contain_text("Alice Liddell")
+    screenshot(page, "settings")
+    # Revoke the phone: refused at once.
+    sessions.filter(has_text="PhoneApp/3.1").get_by_test_id("session-revoke").click()
+    expect(sessions).to_have_count(2)
+    me = requests.get(f"{web.url}/v1/users/me", headers=phone, timeout=10)
+    assert me.status_code == 401
+    # A wrong current password is said; the right one logs the others out.
+    tid(page, "password-current").fill("not my password")
+    tid(page, "password-new").fill("a new password")
+    tid(page, "password-save").click()
+    expect(tid(page, "password-message")).to_have_text("The current password is wrong.")
+    tid(page, "password-current").fill(PASSWORD)
+    tid(page, "password-new").fill("a new password")
+    tid(page, "password-save").click()
+    expect(tid(page, "password-message")).to_contain_text("Password changed")
+    expect(sessions).to_have_count(1)
+    me = requests.get(f"{web.url}/v1/users/me", headers=alice.headers, timeout=10)
+    assert me.status_code == 401
+    # This browser's session still works.
+    tid(page, "settings-close").click()
+    wait_live(page)

@@ -144,8 +144,10 @@ export const getUser = (userId) => request("GET", `/v1/users/${enc(userId)}`);
 export const findUserByHandle = (handle) => request("GET", "/v1/users", { query: { handle } });
 
 // Conversations
-export const listConversations = (before, limit = 50) =>
-  request("GET", "/v1/conversations", { query: { before, limit } });
+export const listConversations = (before, limit = 50, archived = false) =>
+  request("GET", "/v1/conversations", {
+    query: { before, limit, archived: archived ? "true" : undefined },
+  });
 export const getConversation = (conversationId) =>
   request("GET", `/v1/conversations/${enc(conversationId)}`);
 export const createDirect = (userId) =>
@@ -189,3 +191,24 @@ export const getEvents = (after, timeoutSecs, signal) =>
   });
 export const getPresence = (userIds) =>
   request("GET", "/v1/presence", { query: { user_ids: userIds.join(",") } });
+
+// Accounts and sessions (second release)
+export const searchUsers = (q, limit = 8) => request("GET", "/v1/users", { query: { q, limit } });
+export const updateMe = (displayName) =>
+  request("PATCH", "/v1/users/me", { body: { display_name: displayName } });
+export const changePassword = (currentPassword, newPassword) =>
+  request("PUT", "/v1/users/me/password", {
+    body: { current_password: currentPassword, new_password: newPassword },
+  });
+export const listSessions = () => request("GET", "/v1/sessions");
+export const revokeSession = (sessionId) => request("DELETE", `/v1/sessions/${enc(sessionId)}`);
+export const revokeOtherSessions = () => request("DELETE", "/v1/sessions");
+
+// Blocks, requests, per-member settings
+export const listBlocks = () => request("GET", "/v1/blocks");
+export const blockUser = (userId) => request("PUT", `/v1/blocks/${enc(userId)}`);
+export const unblockUser = (userId) => request("DELETE", `/v1/blocks/${enc(userId)}`);
+export const acceptRequest = (conversationId) =>
+  request("POST", `/v1/conversations/${enc(conversationId)}/accept`);
+export const updateMySettings = (conversationId, settings) =>
+  request("PATCH", `/v1/conversations/${enc(conversationId)}/me`, { body: settings });

@@ -32,6 +32,8 @@
  *     messages.js       its message list and ticks
  *     members.js        its members panel
  *     composer.js       the message box
+ *     safety.js         requests (Accept / Block / Delete), block, mute, archive, people search
+ *     settings.js       the settings page: profile, password, sessions, blocked users
  *
  * The feature modules call one another (a message event touches the list, the open
  * chat and the outbox), so their imports form cycles. ES modules allow that as long as
@@ -78,6 +80,17 @@
  *   chat-error
  *   message-input, send-button   Enter sends, Shift+Enter inserts a newline
  *   live-region               aria-live announcements (new messages)
+ *   people-results, person-result (data-user-id)   people search under new-direct-handle
+ *   requests-section, requests-count, request-list   message requests, each a
+ *                             conversation-item with request-accept, request-block,
+ *                             request-delete (Delete: leave a group, archive a direct chat)
+ *   archived-toggle           the list shows archived conversations (aria-pressed)
+ *   mute-button, archive-button, block-button (data-blocked)   in the chat bar
+ *   request-banner, request-accept-button, request-block-button   in a request's chat
+ *   settings-button, settings-view, settings-close, profile-display-name, profile-save,
+ *   profile-message, password-current, password-new, password-save, password-message,
+ *   session-list, session-item (data-session-id, data-current), session-revoke,
+ *   sessions-revoke-others, sessions-error, blocked-list, blocked-item, unblock-button
  */
 
 import { bindChat } from "./chat.js";
@@ -89,6 +102,8 @@ import { bindMembers } from "./members.js";
 import { bindNewChat } from "./newchat.js";
 import { bindReceipts } from "./receipts.js";
 import { bindRouter } from "./router.js";
+import { bindSafety } from "./safety.js";
+import { bindSettings } from "./settings.js";
 import { bindSync } from "./sync.js";
 
 function boot() {
@@ -98,6 +113,8 @@ function boot() {
   bindList();
   bindRouter();
   bindMembers();
+  bindSafety();
+  bindSettings();
   bindChat();
   bindComposer();
   bindReceipts();

@@ -15,6 +15,8 @@ import { presenceDot } from "./presence.js";
 import { maybeMarkRead } from "./receipts.js";
 import { scheduleRender } from "./render.js";
 import { setView } from "./router.js";
+import { renderChatActions } from "./safety.js";
+import { closeSettings } from "./settings.js";
 import { state } from "./state.js";
 import { renderTyping } from "./typing.js";
 
@@ -37,6 +39,7 @@ export function closeChat() {
 }
 
 export async function openChat(conversationId) {
+  closeSettings();
   setView("chat");
   if (state.chat && state.chat.id === conversationId) return;
   const generation = ++state.chatGeneration;
@@ -115,6 +118,7 @@ export function renderChatChrome() {
     dotHolder.hidden = true;
   }
   renderMembersPanel();
+  renderChatActions(conv);
 }
 
 export function updateHistoryEdge() {

@@ -115,7 +115,11 @@ export function sortedConversations() {
 export async function loadConversations({ reset }) {
   const generation = reset ? ++state.listGeneration : state.listGeneration;
   try {
-    const res = await api.listConversations(reset ? undefined : state.listNext, LIST_PAGE_SIZE);
+    const res = await api.listConversations(
+      reset ? undefined : state.listNext,
+      LIST_PAGE_SIZE,
+      state.archivedView,
+    );
     if (generation !== state.listGeneration || !state.session) return;
     if (reset) {
       // Keep the open conversation even when it is not on the first page.

@@ -11,6 +11,7 @@ import { announce } from "./dom.js";
 import { addMessages, refreshTicks } from "./messages.js";
 import { persistOutbox } from "./outbox.js";
 import { maybeMarkRead } from "./receipts.js";
+import { onMemberSettings } from "./safety.js";
 import { scheduleRender } from "./render.js";
 import { state } from "./state.js";
 import { clearTyping, onTyping } from "./typing.js";
@@ -53,6 +54,9 @@ function applyEvent(event) {
     case "typing":
       onTyping(event);
       break;
+    case "member_settings":
+      onMemberSettings(event);
+      break;
     case "presence":
       state.presence.set(event.user_id, { status: event.status, last_seen: event.last_seen });
       scheduleRender();
@@ -74,6 +78,12 @@ export function onMessage(message, { announceIt }) {
     }
   }
   clearTyping(conversationId, message.sender_id);
+  const listed = state.conversations.get(conversationId);
+  if (listed) {
+    // Writing accepts a request; another member writing un-archives (API.md).
+    if (message.sender_id === state.me.id) listed.request = false;
+    else listed.archived = false;
+  }
   const known = state.conversations.has(conversationId);
   const isNew = known ? noteMessageInList(message) : false;
   if (!known) refreshConversation(conversationId); // a chat someone just started with us

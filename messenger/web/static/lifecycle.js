@@ -8,6 +8,7 @@ import { $, clearError } from "./dom.js";
 import { showAuth } from "./login.js";
 import { outboxKey, restoreOutbox } from "./outbox.js";
 import { loadPresence, PRESENCE_REFRESH_MS } from "./presence.js";
+import { loadBlocks } from "./safety.js";
 import { route } from "./router.js";
 import { state } from "./state.js";
 import { joinTabGroup, renderConnection, stopSync } from "./sync.js";
@@ -37,6 +38,7 @@ export function startSession(session) {
   joinTabGroup(session);
 
   loadConversations({ reset: true });
+  loadBlocks();
   state.presenceTimer = setInterval(loadPresence, PRESENCE_REFRESH_MS);
   route();
   if (!state.chat) $("new-direct-handle").focus();
@@ -85,10 +87,14 @@ function endSession(notice, { announceToTabs, dropOutbox = false }) {
     connection: "connecting",
     deliveredPosted: new Map(),
     readPosted: new Map(),
+    blocked: new Set(),
+    archivedView: false,
   });
   state.listGeneration += 1;
   state.chatGeneration += 1;
   $("conversation-list").replaceChildren();
+  $("request-list").replaceChildren();
+  $("settings-view").hidden = true;
   $("message-list").replaceChildren();
   $("chat").hidden = true;
   $("chat-placeholder").hidden = false;
@@ -99,6 +105,9 @@ function endSession(notice, { announceToTabs, dropOutbox = false }) {
     "new-direct-error",
     "group-error",
     "members-error",
+    "profile-message",
+    "password-message",
+    "sessions-error",
   ]) {
     clearError($(id));
   }

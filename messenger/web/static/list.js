@@ -8,14 +8,37 @@ import {
 } from "./conversations.js";
 import { $, formatTime, h } from "./dom.js";
 import { presenceDot } from "./presence.js";
+import { scheduleRender } from "./render.js";
 import { navigateToChat } from "./router.js";
+import { requestActions } from "./safety.js";
 import { state } from "./state.js";
 import { userName } from "./users.js";
 
 export function renderList() {
-  const ul = $("conversation-list");
-  const focusedId = document.activeElement && document.activeElement.dataset.conversationId;
   const convs = sortedConversations();
+  // Message requests get a section of their own (with Accept / Block / Delete);
+  // the main list shows the others: archived ones, or the rest.
+  const requests = state.archivedView
+    ? []
+    : convs.filter((c) => c.request && !c.archived);
+  const main = convs.filter(
+    (c) => !requests.includes(c) && Boolean(c.archived) === state.archivedView,
+  );
+  fillList($("conversation-list"), main, null);
+  fillList($("request-list"), requests, requestActions);
+  $("requests-section").hidden = requests.length === 0;
+  $("requests-count").textContent = String(requests.length);
+  $("conversation-empty").hidden = main.length > 0;
+  $("conversation-empty").textContent = state.archivedView
+    ? "No archived conversations."
+    : "No conversations yet. Start one above.";
+  $("archived-toggle").textContent = state.archivedView ? "Back to chats" : "Archived";
+  $("archived-toggle").setAttribute("aria-pressed", String(state.archivedView));
+  $("load-more-conversations").hidden = state.listNext === null;
+}
+
+function fillList(ul, convs, actions) {
+  const focusedId = document.activeElement && document.activeElement.dataset.conversationId;
   const existing = new Map([...ul.children].map((li) => [Number(li.dataset.conversationId), li]));
   const wanted = [];
   for (const conv of convs) {
@@ -30,6 +53,7 @@ export function renderList() {
           onclick: () => navigateToChat(conv.id),
         }),
       );
+      if (actions) li.append(actions(conv));
     }
     fillConversationButton(li.firstElementChild, conv);
     wanted.push(li);
@@ -38,13 +62,12 @@ export function renderList() {
   wanted.forEach((li, index) => {
     if (ul.children[index] !== li) ul.insertBefore(li, ul.children[index] || null);
   });
-  for (const [id, li] of existing) if (!state.conversations.has(id)) li.remove();
+  const keep = new Set(convs.map((c) => c.id));
+  for (const [id, li] of existing) if (!keep.has(id)) li.remove();
   if (focusedId && document.activeElement === document.body) {
     const again = ul.querySelector(`button[data-conversation-id="${focusedId}"]`);
     if (again) again.focus();
   }
-  $("conversation-empty").hidden = convs.length > 0;
-  $("load-more-conversations").hidden = state.listNext === null;
 }
 
 function fillConversationButton(button, conv) {
@@ -107,4 +130,10 @@ function fillConversationButton(button, conv) {
 
 export function bindList() {
   $("load-more-conversations").addEventListener("click", () => loadConversations({ reset: false }));
+  $("archived-toggle").addEventListener("click", () => {
+    state.archivedView = !state.archivedView;
+    state.listNext = null;
+    loadConversations({ reset: true });
+    scheduleRender();
+  });
 }

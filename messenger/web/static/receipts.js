@@ -41,6 +41,11 @@ export function maybeMarkRead() {
 }
 
 export function postDelivered(conversationId, seq) {
+  // No automatic "delivered" for a message request (or a conversation not known
+  // yet, which is one): its sender would learn when this device is online, the
+  // very thing a request keeps from strangers. Reading it is an answer, though.
+  const conv = state.conversations.get(conversationId);
+  if (!conv || conv.request) return;
   if (seq <= (state.deliveredPosted.get(conversationId) || 0)) return;
   state.deliveredPosted.set(conversationId, seq);
   api.postReceipt(conversationId, "delivered", seq).catch(() => {

@@ -25,4 +25,6 @@ export const state = {
   readPosted: new Map(), // conversation_id -> seq
   lastTypingSentAt: 0,
   presenceTimer: null,
+  blocked: new Set(), // user ids this user blocked
+  archivedView: false, // the list shows archived conversations instead
 };
