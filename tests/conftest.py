@@ -99,6 +99,11 @@ def remove_abandoned_runs(parent: Path = Path("/var/tmp")) -> list[Path]:
             continue  # not ours, or still being set up by a live run
         if is_process_running(owner):
             continue
+        # The session's servers, and any a test started in a folder of its own
+        # inside the run's folder (tests/system/test_outages.py).
+        for inner in [p for p in folder.iterdir() if p.is_dir()]:
+            if (inner / "postgres").is_dir() or (inner / "redis").is_dir():
+                LocalServers(inner, pg_port=0, redis_port=0).stop()
         LocalServers(folder, pg_port=0, redis_port=0, remove_on_stop=True).stop()
         removed.append(folder)
     return removed

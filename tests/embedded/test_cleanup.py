@@ -195,8 +195,9 @@ def test_next_run_cleans_up_after_a_killed_run(inner: Path) -> None:
         process.wait()
     # kill -9 runs no teardown: the servers are still there...
     assert is_process_running(int(record["pg"]))  # type: ignore[call-overload]
-    # ...until the next run's session fixture (this function) finds them.
-    assert Path(str(record["root"])) in remove_abandoned_runs()
+    # ...until the next run's session fixture (this function) finds them (or
+    # another test session on the machine did it first).
+    remove_abandoned_runs()
     assert_nothing_left(record)
 
 

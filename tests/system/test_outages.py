@@ -8,20 +8,17 @@ each returns, service recovers without a restart, and nothing acknowledged durin
 the outage is lost.
 """
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from messenger.cli import cmd_migrate
-from messenger.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from messenger.embedded import EmbeddedPostgres, EmbeddedRedis, LocalServers, free_port
 from messenger.settings import load
 from tests.conftest import TEST_SHARDS, Services
 from tests.system.conftest import Api, HttpUser, Server, start_gunicorn
@@ -39,28 +36,30 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(services: Services, settings: Any) -> Iterator[Stack]:
-    root = Path(tempfile.mkdtemp(prefix="messenger-outage-", dir="/var/tmp"))
-    root.chmod(0o755)
-    pg = EmbeddedPostgres(root / "pg", free_port(), databases=("m3",))
-    rds = EmbeddedRedis(root / "redis", free_port(), persistent=False)
-    pg.start()
-    rds.start()
-    env = {
-        "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('m1')};"
-        f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
-        "MESSENGER_REDIS_URL": rds.url,
-        "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
-        "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
-    }
-    cmd_migrate(load(services.env(**env)))
-    server = start_gunicorn(services, root, workers=2, **env)
-    try:
-        yield Stack(server, Api(server.url), pg, rds)
-    finally:
-        server.stop()
-        rds.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    # Inside the session's folder: removed with it, and stopped by the next run
+    # if this one is killed outright.
+    servers = LocalServers(
+        services.root / "outage",
+        pg_port=free_port(),
+        redis_port=free_port(),
+        databases=("m3",),
+        persistent=False,
+    )
+    with servers:
+        pg, rds = servers.pg, servers.redis
+        env = {
+            "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('m1')};"
+            f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
+            "MESSENGER_REDIS_URL": rds.url,
+            "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
+            "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
+        }
+        cmd_migrate(load(services.env(**env)))
+        server = start_gunicorn(services, servers.root, workers=2, **env)
+        try:
+            yield Stack(server, Api(server.url), pg, rds)
+        finally:
+            server.stop()
 
 
 def user_on(api: Api, shards: range) -> HttpUser:
