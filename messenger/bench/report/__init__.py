@@ -11,6 +11,7 @@ from messenger.bench.report.page import to_html
 from messenger.bench.report.targets import (
     Row,
     evaluate,
+    wake_delivery_cpu_us,
     failed_checks,
     missed_targets,
 )
@@ -19,6 +20,7 @@ from messenger.bench.report.text import format_cpu_table, format_text, to_json
 __all__ = [
     "Row",
     "evaluate",
+    "wake_delivery_cpu_us",
     "failed_checks",
     "format_cpu_table",
     "format_text",
