@@ -11,9 +11,9 @@ from messenger.bench.report.page import to_html
 from messenger.bench.report.targets import (
     Row,
     evaluate,
-    wake_delivery_cpu_us,
     failed_checks,
     missed_targets,
+    wake_delivery_cpu_us,
 )
 from messenger.bench.report.text import format_cpu_table, format_text, to_json
 
