@@ -8,6 +8,7 @@ origin), so a replay after a crash inserts nothing twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from messenger.storage.pools import ShardCursor
 from messenger.storage.router import Router
 from messenger.storage.shards import ShardMap, schema_name
 from messenger.storage.transaction import PipelinedTransaction
+from messenger.views import message_json
 
 logger = logging.getLogger(__name__)
 
@@ -94,24 +96,46 @@ def plan_inline(
 
 def write_inline_and_commit(
     tx: PipelinedTransaction, message: Message, plan: InlinePlan
-) -> None:
+) -> dict[int, int]:
     """Write a just-stored message into every recipient's stream and commit, in
     the sender's transaction and one round trip.
 
     The conversation's row lock, held since the seq bump, keeps fan-outs of one
     conversation in seq order.
+
+    Returns:
+        user id → the message's event id in that user's stream, for every
+        recipient that got one (a member removed meanwhile gets none).
     """
     batch = FanoutBatch(tx.cur)
     for schema, user_ids in plan.by_schema:
-        batch.message(schema, user_ids, message)
-    tx.commit(batch.sql())
+        batch.message(schema, user_ids, message, report_ids=True)
+    with event_store.collect_event_ids(tx.cur) as event_ids:
+        tx.commit(batch.sql())
+    return event_ids
 
 
-def after_commit(message: Message, recipients: Iterable[int]) -> None:
+def after_commit(
+    message: Message, recipients: Iterable[int], event_ids: dict[int, int]
+) -> None:
     """Wake the members and run the after-fan-out hooks (push) for one message
-    whose fan-out was committed inline."""
+    whose fan-out was committed inline.
+
+    The wake carries each member's new event id and the event's JSON, so a poll
+    whose cursor is the id before answers without reading its database
+    (realtime/hub.py). Members without a reported id get a plain wake.
+    """
     ids = sorted(set(recipients))
-    runtime.get().waker.wake_users(ids)
+    waker = runtime.get().waker
+    if event_ids:
+        waker.deliver(
+            "message",
+            event_ids,
+            json.dumps({"message": message_json(message)}, separators=(",", ":")),
+        )
+    plain = [u for u in ids if u not in event_ids]
+    if plain:
+        waker.wake_users(plain)
     _after_fanout(
         [
             OutboxRow(

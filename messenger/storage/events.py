@@ -8,7 +8,9 @@ sent as one multi-statement round trip inside one transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +31,13 @@ _FANOUT_MESSAGE = """
 SELECT {s}.fanout_message(%(u)s::bigint[], %(c)s, %(seq)s, %(sender)s, %(cmid)s,
                           %(body)s, %(at)s, %(origin)s);
 """
+
+# After a message's fan-out on one shard: each recipient's new event id, as a
+# NOTICE (sql/shard/0050_fanout_event_ids.sql; read by collect_event_ids).
+_REPORT_IDS = """
+SELECT {s}.fanout_event_ids(%(u)s::bigint[], %(origin)s);
+"""
+_EVENT_IDS_NOTICE = "event_ids "
 
 _JOIN = """
 INSERT INTO {s}.user_conversations (user_id, conversation_id, last_activity_at)
@@ -161,21 +170,29 @@ class FanoutBatch:
     def lock(self, schema: str, user_ids: Sequence[int]) -> None:
         self._add(_LOCK_STATES, schema, {"u": sorted(user_ids)})
 
-    def message(self, schema: str, user_ids: Sequence[int], message: Message) -> None:
-        self._add(
-            _FANOUT_MESSAGE,
-            schema,
-            {
-                "u": list(user_ids),
-                "c": message.conversation_id,
-                "seq": message.seq,
-                "sender": message.sender_id,
-                "cmid": message.client_msg_id,
-                "body": message.body,
-                "at": message.created_at,
-                "origin": f"m:{message.conversation_id}:{message.seq}",
-            },
-        )
+    def message(
+        self,
+        schema: str,
+        user_ids: Sequence[int],
+        message: Message,
+        *,
+        report_ids: bool = False,
+    ) -> None:
+        """A message's fan-out on one shard; with report_ids, the recipients' new
+        event ids come back as a notice (see collect_event_ids)."""
+        params = {
+            "u": list(user_ids),
+            "c": message.conversation_id,
+            "seq": message.seq,
+            "sender": message.sender_id,
+            "cmid": message.client_msg_id,
+            "body": message.body,
+            "at": message.created_at,
+            "origin": f"m:{message.conversation_id}:{message.seq}",
+        }
+        self._add(_FANOUT_MESSAGE, schema, params)
+        if report_ids:
+            self._add(_REPORT_IDS, schema, params)
 
     def join(self, schema: str, conversation_id: int, user_ids: Sequence[int]) -> None:
         self._add(_JOIN, schema, {"c": conversation_id, "join": list(user_ids)})
@@ -213,6 +230,31 @@ class FanoutBatch:
         if self.parts:
             self.cur.execute(self.sql())
             self.parts = []
+
+
+@contextmanager
+def collect_event_ids(cur: ShardCursor) -> Iterator[dict[int, int]]:
+    """user id → new event id, as reported by the fan-outs run in the block
+    (FanoutBatch.message(report_ids=True)); complete once the block ends.
+
+    psycopg2 keeps only the last 50 notices in its list; a fan-out to a group can
+    send one per shard schema, so the block collects into a queue of its own.
+    """
+    found: dict[int, int] = {}
+    conn = cur.connection
+    saved = conn.notices
+    conn.notices = deque()
+    try:
+        yield found
+        for notice in conn.notices:
+            text = notice.partition(":")[2].strip()
+            if not text.startswith(_EVENT_IDS_NOTICE):
+                continue
+            for pair in text[len(_EVENT_IDS_NOTICE) :].split(","):
+                user_id, _, event_id = pair.partition(":")
+                found[int(user_id)] = int(event_id)
+    finally:
+        conn.notices = saved
 
 
 def pending_outbox(cur: ShardCursor, conversation_id: int) -> list[OutboxRow]:

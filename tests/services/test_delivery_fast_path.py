@@ -1,0 +1,125 @@
+"""The delivery fast path (DESIGN.md): a woken poll answers from what the wake
+carried, and a poll at the head waits, without reading the database; anything
+else reads, and the read stays the truth."""
+
+from typing import Any
+
+import gevent
+
+from messenger import runtime
+from messenger.schemas.events import event_json
+from messenger.storage import events as store
+from tests.conftest import db_transactions, wait_until_held
+
+
+def _reads() -> float:
+    return db_transactions("poll_read")
+
+
+def _held_poll(chat: Any, user: Any, cursor: str, timeout: float = 10) -> Any:
+    poll = gevent.spawn(chat.poll, user, cursor, timeout)
+    wait_until_held(user.id)
+    return poll
+
+
+def _from_database(user_id: int, after: int) -> list[dict[str, Any]]:
+    with runtime.get().router.on_user(user_id, "test_read", transaction=False) as cur:
+        page = store.read(cur, user_id, after, 100)
+    assert page is not None
+    return [event_json(e) for e in page.events]
+
+
+def test_poll_at_the_previous_id_answers_from_the_wake_without_a_read(
+    make_user: Any, chat: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    poll = _held_poll(chat, bob, cursor)  # its first read learns the head
+    reads = _reads()
+    message = chat.send(alice, cid, "fast")
+    page = poll.get(timeout=5)
+
+    assert _reads() == reads
+    assert page["events"] == _from_database(bob.id, int(cursor))
+    assert page["events"][0]["message"] == message
+    assert page["cursor"] == str(int(cursor) + 1) and page["more"] is False
+
+
+def test_re_poll_at_the_head_waits_without_a_read(make_user: Any, chat: Any) -> None:
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    poll = _held_poll(chat, bob, cursor)
+    chat.send(alice, cid, "one")
+    cursor = poll.get(timeout=5)["cursor"]
+    reads = _reads()
+    poll = _held_poll(chat, bob, cursor)  # the re-poll, at the head
+
+    assert _reads() == reads
+    chat.send(alice, cid, "two")
+    page = poll.get(timeout=5)
+    assert _reads() == reads
+    assert [e["message"]["body"] for e in page["events"]] == ["two"]
+
+
+def test_a_poll_reaching_its_deadline_at_the_head_reads_once(
+    make_user: Any, chat: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    poll = _held_poll(chat, bob, cursor)
+    chat.send(alice, cid, "one")
+    cursor = poll.get(timeout=5)["cursor"]
+    reads = _reads()
+
+    assert chat.poll(bob, cursor, timeout=0.2)["events"] == []
+    assert _reads() == reads + 1  # the deadline's read: a lost wake costs no more
+
+
+def test_an_older_cursor_reads_the_database(make_user: Any, chat: Any) -> None:
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    start = chat.drain(bob, chat.head(bob))[1]
+    poll = _held_poll(chat, bob, start)
+    chat.send(alice, cid, "one")
+    poll.get(timeout=5)
+    poll = _held_poll(chat, bob, str(int(start) + 1))
+    chat.send(alice, cid, "two")
+    poll.get(timeout=5)
+    reads = _reads()
+
+    # Event start+1 was delivered as the wake carried it, but start is older:
+    # the answer from start must begin with an event this worker never kept.
+    page = chat.poll(bob, str(int(start) - 1), limit=10)
+    assert _reads() == reads + 1
+    assert page["events"] == _from_database(bob.id, int(start) - 1)
+
+
+def test_an_event_whose_wake_carried_no_id_is_read_not_skipped(
+    make_user: Any, chat: Any, client: Any
+) -> None:
+    alice, bob, carol = make_user(), make_user(), make_user()
+    gid = chat.group(alice, [bob])
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    poll = _held_poll(chat, bob, cursor)
+    # A group change goes through the outbox: its wake names bob, not the id.
+    r = client.post(
+        f"/v1/conversations/{gid}/members",
+        headers=alice.headers,
+        json={"user_id": carol.id},
+    )
+    assert r.status_code == 201
+    # Bob's poll was at the head: a wake without an id must make it read, at
+    # once, not wait for its deadline.
+    first = poll.get(timeout=5)
+    assert [e["type"] for e in first["events"]] == ["member_added"]
+    # The next message's wake carries its id, but the event before it came from
+    # a read: a poll from before both reads them from the database.
+    reads = _reads()
+    chat.send(alice, gid, "after the change")
+    page = chat.poll(bob, cursor, limit=10)
+    assert _reads() == reads + 1
+    assert [e["type"] for e in page["events"]] == ["member_added", "message"]
+    assert page["events"] == _from_database(bob.id, int(cursor))
