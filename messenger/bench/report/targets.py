@@ -338,6 +338,74 @@ def evaluate(results: dict[str, Any]) -> list[Row]:
         rows.extend(ROW_BUILDERS[name](data))
         if name == "wake":
             rows.append(_wake_delivery_row(data, results.get("send", {})))
+    if isinstance(results.get("nchan"), dict):
+        rows.extend(_nchan_rows(results, results["nchan"]))
+    return rows
+
+
+# `--compare nchan`: our figure over Nchan's, measured in the same run with the
+# same client (issue #13's ratio targets).
+NCHAN_WAKE_P99_RATIO = 5
+NCHAN_FANOUT_P99_RATIO = 2
+NCHAN_IDLE_CPU_RATIO = 4
+# CPU percentages are read to 0.1: an idle Nchan at "0.0 %" counts as this much.
+CPU_PCT_RESOLUTION = 0.1
+
+
+def _ratio_row(
+    metric: str, ours: float | None, theirs: float | None, unit: str, limit: float
+) -> Row:
+    ratio = round(ours / theirs, 2) if ours is not None and theirs else None
+    return Row(
+        "nchan",
+        f"{metric}: ours {number(ours)} {unit}, Nchan {number(theirs)} {unit}",
+        ratio,
+        "×",
+        f"≤ {number(limit)} ×",
+        ratio is not None and ratio <= limit,
+        TIMING,
+    )
+
+
+def _nchan_rows(results: dict[str, Any], nchan: dict[str, Any]) -> list[Row]:
+    if "error" in nchan:
+        return [Row("nchan", _short(f"error: {nchan['error']}"), None, "", "runs")]
+    rows = []
+    if "wake" in nchan and "wake" in results:
+        rows.append(
+            _ratio_row(
+                "wake p99",
+                _get(results, "wake", "latency_ms", "p99"),
+                _get(nchan, "wake", "latency_ms", "p99"),
+                "ms",
+                NCHAN_WAKE_P99_RATIO,
+            )
+        )
+        rows.append(_zero("nchan", "Nchan wake: not delivered", nchan["wake"]["lost"]))
+    ours_fanout = {s["members"]: s for s in _get(results, "fanout", "sizes") or []}
+    for size in _get(nchan, "fanout", "sizes") or []:
+        n = size["members"]
+        rows.append(
+            _ratio_row(
+                f"fanout {n} all have it p99",
+                _get(ours_fanout.get(n, {}), "all_have_it_ms", "p99"),
+                _get(size, "all_have_it_ms", "p99"),
+                "ms",
+                NCHAN_FANOUT_P99_RATIO,
+            )
+        )
+    if "idle" in nchan and _get(results, "idle", "levels"):
+        ours_level = results["idle"]["levels"][-1]
+        theirs = nchan["idle"].get("server_cpu_pct")
+        rows.append(
+            _ratio_row(
+                f"idle CPU at {nchan['idle']['polls']:,} polls",
+                ours_level.get("server_cpu_pct"),
+                None if theirs is None else max(theirs, CPU_PCT_RESOLUTION),
+                "%",
+                NCHAN_IDLE_CPU_RATIO,
+            )
+        )
     return rows
 
 
