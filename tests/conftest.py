@@ -397,16 +397,3 @@ def override_settings(app: Any) -> Iterator[Any]:
         yield override
     finally:
         rt.settings = original
-
-
-def db_transactions(name: str) -> float:
-    """How many database transactions of this name (router.on_user(..., name) and
-    the like) this process ran so far: the statements a request cost, counted."""
-    from messenger import metrics
-
-    return sum(
-        sample.value
-        for family in metrics.DB_TRANSACTION_SECONDS.collect()
-        for sample in family.samples
-        if sample.name.endswith("_count") and sample.labels.get("name") == name
-    )
