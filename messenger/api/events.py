@@ -60,7 +60,8 @@ def _answer(result: events.PollResult) -> Response:
         _dumps(item)
         for item in [event_json(e) for e in result.events] + result.ephemeral
     ]
-    body = b'{"events":[%s],"cursor":"%s","more":%s}' % (
+    # A newline at the end, as Flask's own JSON answers (curl output stays lines).
+    body = b'{"events":[%s],"cursor":"%s","more":%s}\n' % (
         b",".join(parts),
         result.cursor.encode(),
         b"true" if result.more else b"false",
