@@ -188,7 +188,7 @@ class FanoutBatch:
             "cmid": message.client_msg_id,
             "body": message.body,
             "at": message.created_at,
-            "origin": f"m:{message.conversation_id}:{message.seq}",
+            "origin": message_origin(message),
         }
         self._add(_FANOUT_MESSAGE, schema, params)
         if report_ids:
@@ -232,15 +232,21 @@ class FanoutBatch:
             self.parts = []
 
 
+def message_origin(message: Message) -> str:
+    """The origin of a message's events (their idempotency key)."""
+    return f"m:{message.conversation_id}:{message.seq}"
+
+
 @contextmanager
-def collect_event_ids(cur: ShardCursor) -> Iterator[dict[int, int]]:
-    """user id → new event id, as reported by the fan-outs run in the block
-    (FanoutBatch.message(report_ids=True)); complete once the block ends.
+def collect_event_ids(cur: ShardCursor) -> Iterator[dict[str, dict[int, int]]]:
+    """origin (message_origin) → user id → new event id, as reported by the
+    fan-outs run in the block (FanoutBatch.message(report_ids=True)); complete
+    once the block ends.
 
     psycopg2 keeps only the last 50 notices in its list; a fan-out to a group can
     send one per shard schema, so the block collects into a queue of its own.
     """
-    found: dict[int, int] = {}
+    found: dict[str, dict[int, int]] = {}
     conn = cur.connection
     saved = conn.notices
     conn.notices = deque()
@@ -250,9 +256,11 @@ def collect_event_ids(cur: ShardCursor) -> Iterator[dict[int, int]]:
             text = notice.partition(":")[2].strip()
             if not text.startswith(_EVENT_IDS_NOTICE):
                 continue
-            for pair in text[len(_EVENT_IDS_NOTICE) :].split(","):
+            origin, _, pairs = text[len(_EVENT_IDS_NOTICE) :].partition(" ")
+            ids = found.setdefault(origin, {})
+            for pair in pairs.split(","):
                 user_id, _, event_id = pair.partition(":")
-                found[int(user_id)] = int(event_id)
+                ids[int(user_id)] = int(event_id)
     finally:
         conn.notices = saved
 

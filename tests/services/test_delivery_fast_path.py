@@ -155,3 +155,28 @@ def test_an_event_whose_wake_carried_no_id_is_read_not_skipped(
     assert reads(bob) == before + 1
     assert [e["type"] for e in page["events"]] == ["member_added", "message"]
     assert page["events"] == _from_database(bob.id, int(cursor))
+
+
+def test_an_answer_is_as_full_as_a_read_would_give(
+    make_user: Any, chat: Any, client: Any, reads: Any
+) -> None:
+    alice, bob, carol = make_user(), make_user(), make_user()
+    gid = chat.group(alice, [bob])
+    cursor = chat.drain(bob, chat.head(bob))[1]
+    poll = _held_poll(chat, bob, cursor, reads)
+    chat.send(alice, gid, "one")
+    poll.get(timeout=5)
+    # Event cursor+1 came with its wake, cursor+2 (through the outbox) without,
+    # cursor+3 with: a poll from cursor must not stop short after the first.
+    r = client.post(
+        f"/v1/conversations/{gid}/members",
+        headers=alice.headers,
+        json={"user_id": carol.id},
+    )
+    assert r.status_code == 201
+    chat.send(alice, gid, "two")
+    page = chat.poll(bob, cursor, limit=10)
+
+    assert [e["type"] for e in page["events"]] == ["message", "member_added", "message"]
+    assert page["events"] == _from_database(bob.id, int(cursor))
+    assert page["more"] is False
