@@ -8,14 +8,14 @@ the user's new event id. The hub takes a clock so tests can move time.
 The delivery fast path. Per-user event ids have no gaps, and every stored event
 wakes every worker registered for its user (after its commit). So, for a user
 whose polls it holds (and for a few seconds after the last one), the hub keeps:
-- the events delivered lately, pre-encoded: a poll whose cursor is exactly the id
-  before one of them answers with it, without reading the database;
 - the user's head, once a database read (made while registered in Redis) told
   it and every wake since carried the next id: a poll at the head then waits
-  without a read. A wake without an id, a gap in the ids, or Redis trouble makes
-  the head unknown again, and the next poll reads. A poll's timeout always reads,
-  so even a wake lost on its way costs no more than it did before: the database
-  stays the truth.
+  without a read;
+- the events delivered lately, pre-encoded: a poll whose cursor is exactly the id
+  before them answers with them, up to the head, without reading the database.
+A wake without an id, a gap in the ids, or Redis trouble makes the head unknown
+again, and the next poll reads. A poll's timeout always reads, so even a wake
+lost on its way costs no more than it did before: the database stays the truth.
 """
 
 from __future__ import annotations
@@ -175,18 +175,15 @@ class Waiter:
     # -- the delivery fast path (see the module doc) -------------------------------
 
     def delivered_after(self, cursor: int, limit: int) -> list[bytes]:
-        """Up to limit events right after cursor, pre-encoded, as delivered to
-        this worker; [] when the one right after it was not."""
+        """The events after cursor up to the user's head, pre-encoded, as the
+        wakes delivered them to this worker: the whole answer a read would give
+        (up to limit). [] unless this worker knows the head and holds a copy of
+        every event up to it."""
         known = self.hub._known.get(self.user_id)
-        return known.after(cursor, limit) if known is not None else []
-
-    def has_more_after(self, cursor: int) -> bool:
-        """Whether this worker knows of an event after cursor."""
-        known = self.hub._known.get(self.user_id)
-        return known is not None and (
-            (known.head is not None and known.head > cursor)
-            or any(e > cursor for e in known.events)
-        )
+        if known is None or known.head is None or not self.hub.redis_ok:
+            return []
+        found = known.after(cursor, limit)
+        return found if found and cursor + len(found) == known.head else []
 
     def is_at_head(self, cursor: int) -> bool:
         """True when cursor is the user's newest event id, by this worker's
@@ -313,6 +310,7 @@ class Hub:
         polls = self._waiters.get(user_id)
         if polls is None:
             polls = self._waiters[user_id] = {}
+            self._expire_known()  # a user back after the grace starts afresh
             self._idle.pop(user_id, None)
             if user_id not in self._known:
                 self._known[user_id] = _Known()

@@ -86,16 +86,14 @@ def poll(
             # The fast path (realtime/hub.py): the events right after the cursor
             # as the wake delivered them, or, at the known head, no read at all.
             # A poll's deadline always reads: the database stays the truth.
-            # Only a whole answer comes from the wakes: when this worker knows
-            # of an event past the delivered run (one it holds no copy of), the
-            # read gives the page as full as it would have been.
+            # Only a whole answer comes from the wakes (up to the known head);
+            # else the read gives the page as full as it would have been.
             delivered = waiter.delivered_after(after, limit)
-            cursor = after + len(delivered)
-            if delivered and not waiter.has_more_after(cursor):
+            if delivered:
                 return PollResult(
                     [],
                     ephemeral + waiter.take_ephemeral(),
-                    str(cursor),
+                    str(after + len(delivered)),
                     False,
                     delivered,
                 )

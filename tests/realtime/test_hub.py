@@ -283,6 +283,9 @@ def test_a_read_then_contiguous_deliveries_keep_the_head_known(hub: Hub) -> None
         assert waiter.wait(0) and waiter.is_at_head(5) and not waiter.is_at_head(4)
         assert waiter.delivered_after(4, 10) == [MESSAGE.encoded(5)]
         assert waiter.delivered_after(3, 10) == []  # event 4 was never delivered
+        hub.deliver(1, 6, MESSAGE)
+        assert waiter.delivered_after(4, 1) == []  # a page short of the head
+        assert waiter.delivered_after(4, 2) == [MESSAGE.encoded(5), MESSAGE.encoded(6)]
 
 
 def test_a_gap_or_a_wake_without_id_makes_the_head_unknown(hub: Hub) -> None:
@@ -291,11 +294,13 @@ def test_a_gap_or_a_wake_without_id_makes_the_head_unknown(hub: Hub) -> None:
         hub.deliver(1, 6, MESSAGE)  # 5's wake has not come
         assert not waiter.is_at_head(6) and not waiter.is_at_head(4)
         assert waiter.delivered_after(4, 10) == []
-        assert waiter.delivered_after(5, 10) == [MESSAGE.encoded(6)]
+        assert waiter.delivered_after(5, 10) == []  # 6 may not be the head
         waiter.saw_head(6, waiter.head_version())
         assert waiter.is_at_head(6)
+        assert waiter.delivered_after(5, 10) == [MESSAGE.encoded(6)]
         hub.wake(1)  # a stored event whose id the wake does not carry
         assert not waiter.is_at_head(6)
+        assert waiter.delivered_after(5, 10) == []  # a page short of it
 
 
 def test_a_read_begun_before_a_plain_wake_cannot_vouch_for_the_head(
@@ -344,9 +349,7 @@ def test_knowledge_outlives_a_re_poll_gap_but_not_the_grace(
         assert waiter.delivered_after(4, 10) == [MESSAGE.encoded(5)]
         assert waiter.is_at_head(5)
     clock.advance(KNOWN_GRACE_SECS + 1)
-    with hub.listen(2):
-        pass  # any leave forgets users idle past the grace
-    with hub.listen(1) as waiter:
+    with hub.listen(1) as waiter:  # back after the grace: known afresh
         assert not waiter.is_at_head(5) and waiter.delivered_after(4, 10) == []
 
 
@@ -437,6 +440,7 @@ def test_dispatcher_hands_deliveries_to_the_hub(
     dispatcher, hub = dispatched
     user_id = _user()
     with hub.listen(user_id) as waiter:
+        waiter.saw_head(7, waiter.head_version())
         redis.rpush(
             keys.wake_list(dispatcher.worker_id),
             encode_delivery("message", {user_id: 8}, '{"message":{"seq":1}}'),
@@ -457,6 +461,7 @@ def test_waker_delivers_here_and_sends_one_item_per_other_worker(
         Registry(redis, there, Hub(), clock=clock).ensure(user_id)
     waker = Waker(redis, here, hub, clock=clock)
     with hub.listen(local) as waiter:
+        waiter.saw_head(2, waiter.head_version())
         waker.deliver(
             "message", {local: 3, remote_a: 4, remote_b: 5}, '{"message":{"seq":1}}'
         )
