@@ -32,11 +32,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check messenger tests wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
+# ARGS: more options, e.g. make bench ARGS="--compare nchan" or ARGS="--profile".
+ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m messenger.bench --json bench-results/bench.json --html bench-results/bench.html
+	$(BIN)/python -m messenger.bench --json bench-results/bench.json --html bench-results/bench.html $(ARGS)
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m messenger.bench --quick --json bench-results/bench-quick.json --html bench-results/bench-quick.html
+	$(BIN)/python -m messenger.bench --quick --json bench-results/bench-quick.json --html bench-results/bench-quick.html $(ARGS)
 
 # The schemathesis run of CI (tests/api/test_fuzz.py), with many more examples per
 # operation: FUZZ_MAX_EXAMPLES=2000 make fuzz for a night's run.

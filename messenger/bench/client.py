@@ -130,8 +130,9 @@ class Connection:
         token: str | None = None,
         body: Any = None,
         timeout_secs: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Response:
-        """Send one request and read its whole response.
+        """Send one request and read its whole response (`headers`: more of them).
 
         A request on a kept-alive socket that the server had closed (gunicorn's
         keepalive timeout) is sent once more on a new socket: the server never read it.
@@ -143,6 +144,7 @@ class Connection:
         head = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{self.port}"]
         if token:
             head.append(f"Authorization: Bearer {token}")
+        head.extend(f"{name}: {value}" for name, value in (headers or {}).items())
         if body is not None:
             head.append("Content-Type: application/json")
         if body is not None or method in ("POST", "PUT", "PATCH"):

@@ -15,6 +15,9 @@ import psutil
 
 # What a process that exits, or that we may not inspect, raises on any read.
 GONE = (psutil.NoSuchProcess, psutil.AccessDenied)
+# CpuMeter groups that are part of another group ("workers": the gunicorn workers,
+# inside "server"), with their exact CPU seconds (the per-delivery figure).
+NESTED_GROUPS = frozenset({"workers"})
 
 
 def process_tree(root_pid: int) -> list[int]:
@@ -84,6 +87,8 @@ class CpuMeter:
         groups: called at each snapshot; returns group name → pids (e.g. "server" →
             the gunicorn master and its workers). Processes that exit between two
             snapshots lose their last seconds; ones that appear count in full.
+            Groups named in NESTED_GROUPS are part of another group (the gunicorn
+            workers, inside "server"): reported, but not added up twice.
     """
 
     def __init__(self, groups: Callable[[], Mapping[str, Iterable[int]]]) -> None:
@@ -109,13 +114,19 @@ class CpuMeter:
         """
         wall = max(end.wall - start.wall, 1e-6)
         usage = {"client": round(100.0 * (end.self_secs - start.self_secs) / wall, 1)}
+        nested: dict[str, float] = {}
         for name, after in end.groups.items():
             before = start.groups.get(name, {})
             secs = sum(max(0.0, t - before.get(pid, 0.0)) for pid, t in after.items())
             usage[name] = round(100.0 * secs / wall, 1)
+            if name in NESTED_GROUPS:
+                nested[f"{name}_cpu_secs"] = round(secs, 4)
         machine = 100.0 * (end.machine_secs - start.machine_secs)
         usage["machine"] = round(machine / wall, 1)
-        ours = sum(v for k, v in usage.items() if k != "machine")
+        ours = sum(
+            v for k, v in usage.items() if k != "machine" and k not in NESTED_GROUPS
+        )
         usage["other"] = round(max(0.0, usage["machine"] - ours), 1)
         usage["wall_secs"] = round(wall, 2)
+        usage.update(nested)
         return usage

@@ -8,6 +8,7 @@ run are not the ones to compare with the targets.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import sys
@@ -100,3 +101,50 @@ class Profiler:
                 message = log.read_text(errors="replace").strip()[-500:]
                 self.errors[phase] = message or f"py-spy exited {spy.returncode}"
                 self._say(f"[profile] {phase}: no flame graph ({self.errors[phase]})")
+
+
+_FRAME = re.compile(
+    r"<title>(?P<name>[^<]*?) \((?P<where>[^()]*)\) "
+    r"\(\d[\d,]* samples?, [^)]*\)</title>"
+    r'<rect[^>]*?y="(?P<y>[\d.]+)"[^>]*?fg:x="(?P<x>\d+)" fg:w="(?P<w>\d+)"'
+)
+
+
+def top_frames(svg: Path, count: int = 12) -> list[tuple[str, float, float]]:
+    """The functions a py-spy flame graph spent most samples in: (function,
+    self %, total %) by self time, summed over the function's lines.
+
+    `python -m messenger.bench.profiling FILE.svg` prints them.
+    """
+    frames = []
+    for m in _FRAME.finditer(svg.read_text(errors="replace")):
+        where = m["where"].rsplit(":", 1)[0]
+        frames.append(
+            (f"{m['name']} ({where})", float(m["y"]), int(m["x"]), int(m["w"]))
+        )
+    if not frames:
+        return []
+    total = max(x + w for _, _, x, w in frames)
+    rows_by_y: dict[float, list[tuple[int, int]]] = {}
+    for _, y, x, w in frames:
+        rows_by_y.setdefault(y, []).append((x, w))
+    steps = sorted(rows_by_y)
+    step = min((b - a for a, b in zip(steps, steps[1:], strict=False)), default=16.0)
+    own: dict[str, float] = {}
+    inclusive: dict[str, float] = {}
+    for name, y, x, w in frames:
+        children = sum(cw for cx, cw in rows_by_y.get(y + step, ()) if x <= cx < x + w)
+        own[name] = own.get(name, 0) + w - children
+        inclusive[name] = inclusive.get(name, 0) + w
+    ranked = sorted(own, key=lambda n: own[n], reverse=True)[:count]
+    return [
+        (n, round(100 * own[n] / total, 1), round(100 * inclusive[n] / total, 1))
+        for n in ranked
+    ]
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        print(path)
+        for name, self_pct, total_pct in top_frames(Path(path)):
+            print(f"  {self_pct:5.1f} % self {total_pct:5.1f} % total  {name}")

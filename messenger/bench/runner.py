@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from messenger.bench import report
+from messenger.bench import nchan, report
 from messenger.bench.client import raise_open_file_limit
 from messenger.bench.profiling import Profiler
 from messenger.bench.scenarios import SCENARIOS
@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit 3 when a timing target is missed"
+    )
+    parser.add_argument(
+        "--compare",
+        choices=["nchan"],
+        help="also run the wake, fanout and idle scenarios against Nchan (nginx's "
+        f"long-poll module; needs `{nchan.INSTALL_HINT}`) and print the ratios",
     )
     parser.add_argument(
         "--shards",
@@ -154,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     say = Output()
+    if args.compare == "nchan" and nchan.find_nginx() is None:
+        print(
+            "--compare nchan needs nginx with the nchan module, which the bench "
+            f"does not install: {nchan.INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 2
     open_files = raise_open_file_limit()
     needed_files = max(plan.idle_levels) + SPARE_FILES
     if "idle" in args.scenario_names and open_files < needed_files:
@@ -221,6 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    compared = [n for n in args.scenario_names if n in ("wake", "fanout", "idle")]
+    if args.compare == "nchan" and compared and exit_code in (0, 1):
+        say("[nchan] starting: " + ", ".join(compared))
+        try:
+            results["nchan"] = nchan.run_all(
+                plan, compared, format(int(time.time()), "x")[-6:], 2, say
+            )
+        except Exception as exc:
+            say(f"[nchan] failed: {exc}")
+            traceback.print_exc(file=sys.stderr)
+            results["nchan"] = {"error": str(exc)[:2000]}
+            exit_code = exit_code or 1
     results["meta"]["duration_secs"] = round(time.monotonic() - t0, 1)
     results["meta"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     if profiler.files:

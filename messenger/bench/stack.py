@@ -273,10 +273,12 @@ class Stack:
         return [pid] if pid else []
 
     def process_groups(self) -> dict[str, list[int]]:
-        """Named groups for CpuMeter: server (gunicorn tree), postgres, redis."""
+        """Named groups for CpuMeter: server (gunicorn tree), its workers alone,
+        postgres, redis."""
         master = self.master_pid()
         return {
             "server": procs.process_tree(master) if master else [],
+            "workers": self.worker_pids(),
             "postgres": self.postgres_pids(),
             "redis": self.redis_pids(),
         }

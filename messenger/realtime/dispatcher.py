@@ -19,7 +19,7 @@ from messenger.backoff import Backoff
 from messenger.realtime import keys
 from messenger.realtime.connections import blocking_client
 from messenger.realtime.hub import Hub
-from messenger.realtime.wakeups import Registry, decode_wake
+from messenger.realtime.wakeups import Registry, decode_delivery, decode_wake
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Dispatcher:
                         exc,
                     )
                 self.hub.redis_ok = False
+                self.hub.forget_heads()
                 gevent.sleep(retry.failed())
             finally:
                 # close() leaves a pool it was given open: its socket would leak.
@@ -120,6 +121,11 @@ class Dispatcher:
         metrics.WAKES_RECEIVED.inc(len(batch))
         for raw in batch:
             try:
+                if raw[:1] == b"d":
+                    delivery, event_ids = decode_delivery(raw)
+                    for user_id, event_id in event_ids.items():
+                        self.hub.deliver(user_id, event_id, delivery)
+                    continue
                 user_id, ephemeral = decode_wake(raw)
             except (ValueError, KeyError, TypeError):
                 logger.warning(

@@ -1,9 +1,21 @@
 """The per-worker hub: user_id → the polls of that user waiting on this worker.
 
 A poll is `with hub.listen(user_id, sock) as waiter:` — it joins before reading
-the database, waits, re-reads, and leaves on every exit path. Wake-ups carry user
-ids only (plus ephemeral events, which are never stored); the database stays the
-truth. The hub takes a clock so tests can move time.
+the database, waits, re-reads, and leaves on every exit path. A wake-up carries a
+user id, an ephemeral event (never stored), or a delivery: a stored event with
+the user's new event id. The hub takes a clock so tests can move time.
+
+The delivery fast path. Per-user event ids have no gaps, and every stored event
+wakes every worker registered for its user (after its commit). So, for a user
+whose polls it holds (and for a few seconds after the last one), the hub keeps:
+- the user's head, once a database read (made while registered in Redis) told
+  it and every wake since carried the next id: a poll at the head then waits
+  without a read;
+- the events delivered lately, pre-encoded: a poll whose cursor is exactly the id
+  before them answers with them, up to the head, without reading the database.
+A wake without an id, a gap in the ids, or Redis trouble makes the head unknown
+again, and the next poll reads. A poll's timeout always reads, so even a wake
+lost on its way costs no more than it did before: the database stays the truth.
 """
 
 from __future__ import annotations
@@ -30,6 +42,69 @@ CLIENT_GONE = "client_gone"
 # While Redis is unreachable (or this poll could not register there), wake-ups
 # cannot arrive: a held poll re-reads the database this often instead.
 DEGRADED_RECHECK_SECS = 1.0
+
+# What the hub remembers of a user after their last poll here ends: the client's
+# re-poll arrives within milliseconds; this covers a slow client, and stays far
+# inside the registration's lifetime (keys.CONN_TTL_SECS, at least half of which
+# is left whenever a poll starts), so every wake of the user still arrives.
+KNOWN_GRACE_SECS = 5.0
+# Delivered events kept per user: a burst a client has not yet polled for.
+KNOWN_EVENTS_MAX = 16
+
+
+class Delivery:
+    """A stored event as a wake carries it: its type and its fields as a JSON
+    object (the same bytes for every recipient; only the id differs)."""
+
+    __slots__ = ("event_type", "fields_json")
+
+    def __init__(self, event_type: str, fields_json: bytes) -> None:
+        self.event_type = event_type
+        self.fields_json = fields_json
+
+    def encoded(self, event_id: int) -> bytes:
+        """The event as API.md shows it: {"type", "id", its fields}."""
+        head = b'{"type":"%s","id":%d' % (self.event_type.encode(), event_id)
+        rest = self.fields_json[1:]
+        return head + (b"," + rest if rest != b"}" else rest)
+
+
+class _Known:
+    """What this worker knows of one user's event stream; see the module doc."""
+
+    __slots__ = ("head", "version", "events")
+
+    def __init__(self) -> None:
+        self.head: int | None = None
+        # Bumped whenever the head becomes unknown: a read started before then
+        # cannot vouch for the head any more.
+        self.version = 0
+        self.events: dict[int, bytes] = {}
+
+    def forget_head(self) -> None:
+        self.head = None
+        self.version += 1
+
+    def advance(self) -> None:
+        if self.head is not None:
+            while self.head + 1 in self.events:
+                self.head += 1
+
+    def add(self, event_id: int, encoded: bytes) -> None:
+        self.events[event_id] = encoded
+        if len(self.events) > KNOWN_EVENTS_MAX:
+            del self.events[min(self.events)]
+        if self.head is not None and event_id > self.head + 1:
+            self.forget_head()  # a gap: an event whose wake has not come (yet)
+        self.advance()
+
+    def after(self, cursor: int, limit: int) -> list[bytes]:
+        found: list[bytes] = []
+        event_id = cursor + 1
+        while len(found) < limit and event_id in self.events:
+            found.append(self.events[event_id])
+            event_id += 1
+        return found
 
 
 class Waiter:
@@ -97,6 +172,45 @@ class Waiter:
         items, self._ephemeral = self._ephemeral or [], None
         return items
 
+    # -- the delivery fast path (see the module doc) -------------------------------
+
+    def delivered_after(self, cursor: int, limit: int) -> list[bytes]:
+        """The events after cursor up to the user's head, pre-encoded, as the
+        wakes delivered them to this worker: the whole answer a read would give
+        (up to limit). [] unless this worker knows the head and holds a copy of
+        every event up to it."""
+        known = self.hub._known.get(self.user_id)
+        if known is None or known.head is None or not self.hub.redis_ok:
+            return []
+        found = known.after(cursor, limit)
+        return found if found and cursor + len(found) == known.head else []
+
+    def is_at_head(self, cursor: int) -> bool:
+        """True when cursor is the user's newest event id, by this worker's
+        continuous knowledge: the poll may wait without reading."""
+        if not (self._registered and self.hub.redis_ok):
+            return False
+        known = self.hub._known.get(self.user_id)
+        return known is not None and known.head == cursor
+
+    def head_version(self) -> int:
+        """Taken before a read, handed back to saw_head after it."""
+        known = self.hub._known.get(self.user_id)
+        return known.version if known is not None else -1
+
+    def saw_head(self, head: int, version: int) -> None:
+        """A read (begun at head_version() == version) found this head."""
+        known = self.hub._known.get(self.user_id)
+        if (
+            known is None
+            or known.version != version
+            or not (self._registered and self.hub.redis_ok)
+        ):
+            return
+        if known.head is None or head > known.head:
+            known.head = head
+            known.advance()
+
     # -- the hub's side ------------------------------------------------------------
 
     def _wake(self, ephemeral: dict[str, Any] | None) -> None:
@@ -137,6 +251,11 @@ class Hub:
         self.on_poll_end: list[PollHook] = []
         # dict, not set: insertion order finds the oldest poll of a user.
         self._waiters: dict[int, dict[Waiter, None]] = {}
+        # user id → what this worker knows of the user's stream, while it holds
+        # the user's polls and for KNOWN_GRACE_SECS after; _idle: users without a
+        # poll here, in the order their last one ended, with that time.
+        self._known: dict[int, _Known] = {}
+        self._idle: dict[int, float] = {}
         self._count = 0
         self.draining = False
         # False while the dispatcher cannot reach Redis: waiters then re-read the
@@ -191,6 +310,10 @@ class Hub:
         polls = self._waiters.get(user_id)
         if polls is None:
             polls = self._waiters[user_id] = {}
+            self._expire_known()  # a user back after the grace starts afresh
+            self._idle.pop(user_id, None)
+            if user_id not in self._known:
+                self._known[user_id] = _Known()
         while len(polls) >= self.max_polls_per_user:
             oldest = next(iter(polls))
             self._release(oldest, SUPERSEDED)
@@ -209,6 +332,18 @@ class Hub:
         metrics.HELD_POLLS.dec()
         if not polls:
             del self._waiters[waiter.user_id]
+            self._idle[waiter.user_id] = self.clock()
+        self._expire_known()
+
+    def _expire_known(self) -> None:
+        """Forget users whose last poll here ended KNOWN_GRACE_SECS ago."""
+        cutoff = self.clock() - KNOWN_GRACE_SECS
+        while self._idle:
+            user_id, since = next(iter(self._idle.items()))
+            if since > cutoff:
+                return
+            del self._idle[user_id]
+            self._known.pop(user_id, None)
 
     def _release(self, waiter: Waiter, reason: str) -> None:
         waiter._release(reason)
@@ -224,7 +359,15 @@ class Hub:
     # -- wake-ups ----------------------------------------------------------------
 
     def wake(self, user_id: int, ephemeral: dict[str, Any] | None = None) -> int:
-        """Wake every poll of a user on this worker; returns how many."""
+        """Wake every poll of a user on this worker; returns how many.
+
+        A stored event without its id (ephemeral None) makes the user's head
+        unknown here: the woken polls read the database.
+        """
+        if ephemeral is None:
+            known = self._known.get(user_id)
+            if known is not None:
+                known.forget_head()
         polls = self._waiters.get(user_id)
         if not polls:
             return 0
@@ -232,8 +375,27 @@ class Hub:
             waiter._wake(ephemeral)
         return len(polls)
 
+    def deliver(self, user_id: int, event_id: int, delivery: Delivery) -> int:
+        """A stored event of user_id, committed with this id: remember it (while
+        the user is known here) and wake the user's polls; returns how many."""
+        known = self._known.get(user_id)
+        if known is not None:
+            known.add(event_id, delivery.encoded(event_id))
+        polls = self._waiters.get(user_id)
+        if not polls:
+            return 0
+        for waiter in polls:
+            waiter._wake(None)
+        return len(polls)
+
+    def forget_heads(self) -> None:
+        """Every user's head is unknown (Redis trouble: wakes may have been lost)."""
+        for known in self._known.values():
+            known.forget_head()
+
     def wake_all(self) -> None:
         """Wake every poll (after a Redis outage: wake-ups may have been missed)."""
+        self.forget_heads()
         for polls in list(self._waiters.values()):
             for waiter in polls:
                 waiter._wake(None)

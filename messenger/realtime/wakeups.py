@@ -17,7 +17,7 @@ import redis
 
 from messenger import metrics
 from messenger.realtime import keys
-from messenger.realtime.hub import Hub
+from messenger.realtime.hub import Delivery, Hub
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,27 @@ def decode_wake(item: bytes) -> tuple[int, dict[str, Any] | None]:
         data = json.loads(item[1:])
         return int(data["u"]), data["e"]
     return int(item), None
+
+
+def encode_delivery(event_type: str, event_ids: dict[int, int], fields: str) -> bytes:
+    """A wake list item for one stored event reaching several users of a worker:
+    "d<type>|<user>:<event id>,...|<the event's fields as a JSON object>".
+
+    Update decode_delivery and Delivery.encoded when adding a part.
+    """
+    pairs = ",".join(f"{u}:{e}" for u, e in event_ids.items())
+    return f"d{event_type}|{pairs}|{fields}".encode()
+
+
+def decode_delivery(item: bytes) -> tuple[Delivery, dict[int, int]]:
+    event_type, pairs, fields = item[1:].split(b"|", 2)
+    event_ids = {}
+    for pair in pairs.split(b","):
+        user_id, _, event_id = pair.partition(b":")
+        event_ids[int(user_id)] = int(event_id)
+    if not fields.startswith(b"{") or not event_type.isalnum():
+        raise ValueError("not a delivery")
+    return Delivery(event_type.decode(), fields), event_ids
 
 
 class Registry:
@@ -133,19 +154,59 @@ class Waker:
             metrics.REDIS_ERRORS.labels(op="wake").inc()
             logger.warning("wake of %d users failed: %s", len(ids), exc)
 
-    def _push(self, ids: list[int], ephemeral: dict[str, Any] | None) -> None:
+    def deliver(
+        self, event_type: str, event_ids: dict[int, int], fields_json: str
+    ) -> None:
+        """Wake the polls of the users in event_ids for one stored event, carrying
+        each user's new event id and the event (its fields as a JSON object), so
+        a poll whose cursor is the id before can answer without a read.
+
+        Other workers get one wake list item each for all their users. Redis
+        trouble is logged and counted, never raised (as in wake_users).
+        """
+        if not event_ids:
+            return
+        delivery = Delivery(event_type, fields_json.encode())
+        for user_id, event_id in event_ids.items():
+            self.hub.deliver(user_id, event_id, delivery)
+        try:
+            workers = self._workers_of(list(event_ids))
+            by_worker: dict[str, dict[int, int]] = {}
+            for user_id, held_by in workers.items():
+                for worker in held_by:
+                    by_worker.setdefault(worker, {})[user_id] = event_ids[user_id]
+            self._send(
+                {
+                    worker: [encode_delivery(event_type, ids, fields_json)]
+                    for worker, ids in by_worker.items()
+                }
+            )
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(op="wake").inc()
+            logger.warning("delivery to %d users failed: %s", len(event_ids), exc)
+
+    def _workers_of(self, ids: list[int]) -> dict[int, list[str]]:
+        """The other workers holding each user's polls (one round trip)."""
         now = self.clock()
         pipe = self.client.pipeline(transaction=False)
         for user_id in ids:
             pipe.zrangebyscore(keys.connections(user_id), now, "+inf")
-        targets: dict[str, list[bytes]] = {}
+        found: dict[int, list[str]] = {}
         for user_id, workers in zip(ids, pipe.execute(), strict=True):
-            for raw in workers:
-                worker = raw.decode()
-                if worker != self.worker_id:
-                    targets.setdefault(worker, []).append(
-                        encode_wake(user_id, ephemeral)
-                    )
+            others = [w.decode() for w in workers if w.decode() != self.worker_id]
+            if others:
+                found[user_id] = others
+        return found
+
+    def _push(self, ids: list[int], ephemeral: dict[str, Any] | None) -> None:
+        targets: dict[str, list[bytes]] = {}
+        for user_id, workers in self._workers_of(ids).items():
+            for worker in workers:
+                targets.setdefault(worker, []).append(encode_wake(user_id, ephemeral))
+        self._send(targets)
+
+    def _send(self, targets: dict[str, list[bytes]]) -> None:
+        """RPUSH each worker's items onto its wake list (one round trip)."""
         if not targets:
             return
         pipe = self.client.pipeline(transaction=False)

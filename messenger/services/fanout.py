@@ -8,6 +8,7 @@ origin), so a replay after a crash inserts nothing twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from messenger.storage.pools import ShardCursor
 from messenger.storage.router import Router
 from messenger.storage.shards import ShardMap, schema_name
 from messenger.storage.transaction import PipelinedTransaction
+from messenger.views import message_json
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ def fan_out(conversation_id: int) -> int:
     router = rt.router
     started = time.monotonic()
     conv_dsn = router.dsn_of(conversation_id)
+    event_ids: dict[str, dict[int, int]] = {}
     with router.on_dsn(conv_dsn, "fanout") as cur:
         cur.schema = router.schema_of(conversation_id)
         rows = event_store.pending_outbox(cur, conversation_id)
@@ -47,14 +50,18 @@ def fan_out(conversation_id: int) -> int:
         plan = _by_database(router, rows)
         for dsn in sorted(plan):
             if dsn == conv_dsn:
-                _write(router, cur, plan[dsn], rows)
+                _write(router, cur, plan[dsn], rows, event_ids)
             else:
                 with router.on_dsn(dsn, "fanout_remote") as remote:
-                    _write(router, remote, plan[dsn], rows)
+                    _write(router, remote, plan[dsn], rows, event_ids)
         cur.schema = router.schema_of(conversation_id)
         event_store.delete_outbox(cur, [r.outbox_id for r in rows])
-    recipients = {u for r in rows for u in r.recipients}
-    rt.waker.wake_users(sorted(recipients))
+    # Committed everywhere: wake, in outbox order (each member's ids ascend).
+    for row in rows:
+        if row.message is not None:
+            _wake_for_message(row.message, row.recipients, event_ids)
+        else:
+            rt.waker.wake_users(sorted(set(row.recipients)))
     metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
     _after_fanout(rows)
     return len(rows)
@@ -94,24 +101,32 @@ def plan_inline(
 
 def write_inline_and_commit(
     tx: PipelinedTransaction, message: Message, plan: InlinePlan
-) -> None:
+) -> dict[int, int]:
     """Write a just-stored message into every recipient's stream and commit, in
     the sender's transaction and one round trip.
 
     The conversation's row lock, held since the seq bump, keeps fan-outs of one
     conversation in seq order.
+
+    Returns:
+        user id → the message's event id in that user's stream, for every
+        recipient that got one (a member removed meanwhile gets none).
     """
     batch = FanoutBatch(tx.cur)
     for schema, user_ids in plan.by_schema:
-        batch.message(schema, user_ids, message)
-    tx.commit(batch.sql())
+        batch.message(schema, user_ids, message, report_ids=True)
+    with event_store.collect_event_ids(tx.cur) as event_ids:
+        tx.commit(batch.sql())
+    return event_ids.get(event_store.message_origin(message), {})
 
 
-def after_commit(message: Message, recipients: Iterable[int]) -> None:
+def after_commit(
+    message: Message, recipients: Iterable[int], event_ids: dict[int, int]
+) -> None:
     """Wake the members and run the after-fan-out hooks (push) for one message
-    whose fan-out was committed inline."""
+    whose fan-out was committed inline (event_ids: write_inline_and_commit's)."""
     ids = sorted(set(recipients))
-    runtime.get().waker.wake_users(ids)
+    _wake_for_message(message, ids, {event_store.message_origin(message): event_ids})
     _after_fanout(
         [
             OutboxRow(
@@ -125,6 +140,30 @@ def after_commit(message: Message, recipients: Iterable[int]) -> None:
             )
         ]
     )
+
+
+def _wake_for_message(
+    message: Message,
+    recipients: Iterable[int],
+    event_ids: dict[str, dict[int, int]],
+) -> None:
+    """Wake a message's recipients once its fan-out committed.
+
+    The wake carries each member's new event id and the event's JSON, so a poll
+    whose cursor is the id before answers without reading its database
+    (realtime/hub.py). Members without a reported id get a plain wake.
+    """
+    waker = runtime.get().waker
+    ids = event_ids.get(event_store.message_origin(message), {})
+    if ids:
+        waker.deliver(
+            "message",
+            ids,
+            json.dumps({"message": message_json(message)}, separators=(",", ":")),
+        )
+    plain = sorted({u for u in recipients if u not in ids})
+    if plain:
+        waker.wake_users(plain)
 
 
 def _by_database(
@@ -143,7 +182,10 @@ def _write(
     cur: ShardCursor,
     schemas: dict[str, set[int]],
     rows: list[OutboxRow],
+    event_ids: dict[str, dict[int, int]],
 ) -> None:
+    """One database's part of the rows' fan-out; the messages' new event ids
+    are added to event_ids (origin → user → id)."""
     batch = FanoutBatch(cur)
     for schema in sorted(schemas):
         batch.lock(schema, sorted(schemas[schema]))
@@ -156,7 +198,7 @@ def _write(
         for schema in sorted(by_schema):
             users = by_schema[schema]
             if row.message is not None:
-                batch.message(schema, users, row.message)
+                batch.message(schema, users, row.message, report_ids=True)
                 continue
             joins = [u for u in row.payload.get("join", ()) if u in users]
             leaves = [u for u in row.payload.get("leave", ()) if u in users]
@@ -174,7 +216,10 @@ def _write(
             )
             if leaves:
                 batch.leave(schema, row.conversation_id, leaves)
-    batch.execute()
+    with event_store.collect_event_ids(cur) as found:
+        batch.execute()
+    for origin, ids in found.items():
+        event_ids.setdefault(origin, {}).update(ids)
 
 
 def _after_fanout(rows: list[OutboxRow]) -> None:

@@ -45,6 +45,7 @@ def send(
                 if stored is None:
                     raise NotFound("No such conversation.")
                 plan = None
+                event_ids: dict[int, int] = {}
                 if not stored.has_queued_fanout:
                     plan = fanout.plan_inline(
                         router.shard_map, conversation_id, stored.recipients
@@ -52,7 +53,7 @@ def send(
                 if plan is None:
                     store.queue_fanout_and_commit(tx, stored)
                 else:
-                    fanout.write_inline_and_commit(tx, stored.message, plan)
+                    event_ids = fanout.write_inline_and_commit(tx, stored.message, plan)
         except store.DuplicateClientMsgId:
             existing = store.existing(cur, conversation_id, sender_id, client_msg_id)
             if existing is None:  # pragma: no cover - the unique key says it exists
@@ -61,7 +62,7 @@ def send(
     if plan is None:
         fanout.fan_out_quietly(conversation_id)
     else:
-        fanout.after_commit(stored.message, stored.recipients)
+        fanout.after_commit(stored.message, stored.recipients, event_ids)
     return stored.message, True
 
 

@@ -8,7 +8,9 @@ sent as one multi-statement round trip inside one transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +31,13 @@ _FANOUT_MESSAGE = """
 SELECT {s}.fanout_message(%(u)s::bigint[], %(c)s, %(seq)s, %(sender)s, %(cmid)s,
                           %(body)s, %(at)s, %(origin)s);
 """
+
+# After a message's fan-out on one shard: each recipient's new event id, as a
+# NOTICE (sql/shard/0050_fanout_event_ids.sql; read by collect_event_ids).
+_REPORT_IDS = """
+SELECT {s}.fanout_event_ids(%(u)s::bigint[], %(origin)s);
+"""
+_EVENT_IDS_NOTICE = "event_ids "
 
 # A member joining as a message request (someone else opened the conversation
 # or added it) is in %(request)s.
@@ -201,21 +210,29 @@ class FanoutBatch:
     def lock(self, schema: str, user_ids: Sequence[int]) -> None:
         self._add(_LOCK_STATES, schema, {"u": sorted(user_ids)})
 
-    def message(self, schema: str, user_ids: Sequence[int], message: Message) -> None:
-        self._add(
-            _FANOUT_MESSAGE,
-            schema,
-            {
-                "u": list(user_ids),
-                "c": message.conversation_id,
-                "seq": message.seq,
-                "sender": message.sender_id,
-                "cmid": message.client_msg_id,
-                "body": message.body,
-                "at": message.created_at,
-                "origin": f"m:{message.conversation_id}:{message.seq}",
-            },
-        )
+    def message(
+        self,
+        schema: str,
+        user_ids: Sequence[int],
+        message: Message,
+        *,
+        report_ids: bool = False,
+    ) -> None:
+        """A message's fan-out on one shard; with report_ids, the recipients' new
+        event ids come back as a notice (see collect_event_ids)."""
+        params = {
+            "u": list(user_ids),
+            "c": message.conversation_id,
+            "seq": message.seq,
+            "sender": message.sender_id,
+            "cmid": message.client_msg_id,
+            "body": message.body,
+            "at": message.created_at,
+            "origin": message_origin(message),
+        }
+        self._add(_FANOUT_MESSAGE, schema, params)
+        if report_ids:
+            self._add(_REPORT_IDS, schema, params)
 
     def join(
         self,
@@ -263,6 +280,39 @@ class FanoutBatch:
         if self.parts:
             self.cur.execute(self.sql())
             self.parts = []
+
+
+def message_origin(message: Message) -> str:
+    """The origin of a message's events (their idempotency key)."""
+    return f"m:{message.conversation_id}:{message.seq}"
+
+
+@contextmanager
+def collect_event_ids(cur: ShardCursor) -> Iterator[dict[str, dict[int, int]]]:
+    """origin (message_origin) → user id → new event id, as reported by the
+    fan-outs run in the block (FanoutBatch.message(report_ids=True)); complete
+    once the block ends.
+
+    psycopg2 keeps only the last 50 notices in its list; a fan-out to a group can
+    send one per shard schema, so the block collects into a queue of its own.
+    """
+    found: dict[str, dict[int, int]] = {}
+    conn = cur.connection
+    saved = conn.notices
+    conn.notices = deque()
+    try:
+        yield found
+        for notice in conn.notices:
+            text = notice.partition(":")[2].strip()
+            if not text.startswith(_EVENT_IDS_NOTICE):
+                continue
+            origin, _, pairs = text[len(_EVENT_IDS_NOTICE) :].partition(" ")
+            ids = found.setdefault(origin, {})
+            for pair in pairs.split(","):
+                user_id, _, event_id = pair.partition(":")
+                ids[int(user_id)] = int(event_id)
+    finally:
+        conn.notices = saved
 
 
 def pending_outbox(cur: ShardCursor, conversation_id: int) -> list[OutboxRow]:

@@ -207,3 +207,21 @@ def test_busy_machine_is_flagged_beside_the_figures() -> None:
     )
     assert "busy during send" in report.to_html(results, rows)
     assert "WARNING" not in report.format_text(fake_results(), rows)
+
+
+def test_worker_cpu_per_delivery_is_judged_in_fanout_and_wake() -> None:
+    results = fake_results()
+    results["fanout"]["sizes"][0]["worker_cpu_us_per_delivery"] = 450.0
+    # 2 s of worker CPU for 1,000 answers and 1,000 sends at 1,500 µs each.
+    results["wake"].update(polls_answered=1000, sends_measured=1000)
+    results["wake"]["cpu"] = {**results["wake"]["cpu"], "workers_cpu_secs": 2.0}
+    results["send"]["worker_cpu_us_per_send"] = 1500.0
+    rows = report.evaluate(results)
+
+    fanout = row(rows, "fanout", "20 members: worker CPU per delivery")
+    assert fanout.verdict == "MISS" and fanout.target == "≤ 300 µs"
+    wake = row(rows, "wake", "worker CPU per delivery (less")
+    assert wake.value == 500.0 and wake.verdict == "MISS"
+    results["send"]["worker_cpu_us_per_send"] = 1800.0
+    assert report.wake_delivery_cpu_us(results["wake"], results["send"]) == 200.0
+    assert "worker CPU per delivery" in report.format_text(results, rows)

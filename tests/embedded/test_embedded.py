@@ -147,6 +147,11 @@ def test_postgres_listens_on_loopback_tcp_only(
         assert cur.fetchone() == ("",)
         cur.execute("SHOW max_connections")
         assert cur.fetchone() == ("300",)
+        # Group commit for concurrent sends.
+        cur.execute("SHOW commit_delay")
+        assert cur.fetchone() == ("200",)
+        cur.execute("SHOW commit_siblings")
+        assert cur.fetchone() == ("5",)
     conn.close()
     assert pg.log_path.is_file()
 

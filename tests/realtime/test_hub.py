@@ -14,8 +14,22 @@ from messenger.embedded import free_port
 from messenger.realtime import hub as hub_module
 from messenger.realtime import keys
 from messenger.realtime.dispatcher import Dispatcher
-from messenger.realtime.hub import CLIENT_GONE, SHUTDOWN, SUPERSEDED, Hub
-from messenger.realtime.wakeups import Registry, Waker, decode_wake, encode_wake
+from messenger.realtime.hub import (
+    CLIENT_GONE,
+    KNOWN_GRACE_SECS,
+    SHUTDOWN,
+    SUPERSEDED,
+    Delivery,
+    Hub,
+)
+from messenger.realtime.wakeups import (
+    Registry,
+    Waker,
+    decode_delivery,
+    decode_wake,
+    encode_delivery,
+    encode_wake,
+)
 
 
 class FakeClock:
@@ -245,6 +259,106 @@ def test_waker_wakes_here_at_once_and_pushes_to_other_workers(
     assert redis.llen(keys.wake_list(there)) == 0
 
 
+# ---- the delivery fast path --------------------------------------------------------
+
+MESSAGE = Delivery("message", b'{"message":{"seq":1}}')
+
+
+def test_delivery_is_encoded_as_the_api_shows_an_event() -> None:
+    assert MESSAGE.encoded(7) == b'{"type":"message","id":7,"message":{"seq":1}}'
+    assert Delivery("x", b"{}").encoded(1) == b'{"type":"x","id":1}'
+    item = encode_delivery("message", {3: 7, 4: 9}, '{"message":{"seq":1}}')
+    delivery, event_ids = decode_delivery(item)
+    assert event_ids == {3: 7, 4: 9} and delivery.encoded(9) == MESSAGE.encoded(9)
+    with pytest.raises(ValueError):
+        decode_delivery(b"dmessage|3:x|{}")
+
+
+def test_a_read_then_contiguous_deliveries_keep_the_head_known(hub: Hub) -> None:
+    with hub.listen(1) as waiter:
+        assert not waiter.is_at_head(4)  # nothing known before a read
+        waiter.saw_head(4, waiter.head_version())
+        assert waiter.is_at_head(4)
+        hub.deliver(1, 5, MESSAGE)
+        assert waiter.wait(0) and waiter.is_at_head(5) and not waiter.is_at_head(4)
+        assert waiter.delivered_after(4, 10) == [MESSAGE.encoded(5)]
+        assert waiter.delivered_after(3, 10) == []  # event 4 was never delivered
+        hub.deliver(1, 6, MESSAGE)
+        assert waiter.delivered_after(4, 1) == []  # a page short of the head
+        assert waiter.delivered_after(4, 2) == [MESSAGE.encoded(5), MESSAGE.encoded(6)]
+
+
+def test_a_gap_or_a_wake_without_id_makes_the_head_unknown(hub: Hub) -> None:
+    with hub.listen(1) as waiter:
+        waiter.saw_head(4, waiter.head_version())
+        hub.deliver(1, 6, MESSAGE)  # 5's wake has not come
+        assert not waiter.is_at_head(6) and not waiter.is_at_head(4)
+        assert waiter.delivered_after(4, 10) == []
+        assert waiter.delivered_after(5, 10) == []  # 6 may not be the head
+        waiter.saw_head(6, waiter.head_version())
+        assert waiter.is_at_head(6)
+        assert waiter.delivered_after(5, 10) == [MESSAGE.encoded(6)]
+        hub.wake(1)  # a stored event whose id the wake does not carry
+        assert not waiter.is_at_head(6)
+        assert waiter.delivered_after(5, 10) == []  # a page short of it
+
+
+def test_a_read_begun_before_a_plain_wake_cannot_vouch_for_the_head(
+    hub: Hub,
+) -> None:
+    with hub.listen(1) as waiter:
+        version = waiter.head_version()
+        hub.wake(1)  # committed after the read's snapshot, perhaps
+        waiter.saw_head(4, version)
+        assert not waiter.is_at_head(4)
+
+
+def test_a_read_that_missed_a_delivery_still_ends_at_the_head(hub: Hub) -> None:
+    with hub.listen(1) as waiter:
+        version = waiter.head_version()
+        hub.deliver(1, 5, MESSAGE)  # arrives while the read (head 4) runs
+        waiter.saw_head(4, version)
+        assert waiter.is_at_head(5)
+
+
+def test_head_is_trusted_only_while_registered_and_redis_answers(
+    clock: FakeClock,
+) -> None:
+    hub = Hub(clock=clock, register=lambda user_id: False)
+    with hub.listen(1) as waiter:
+        waiter.saw_head(4, waiter.head_version())
+        assert not waiter.is_at_head(4)
+    hub = Hub(clock=clock)
+    with hub.listen(1) as waiter:
+        waiter.saw_head(4, waiter.head_version())
+        hub.redis_ok = False
+        assert not waiter.is_at_head(4)
+        hub.redis_ok = True
+        hub.forget_heads()  # what the dispatcher does on Redis trouble
+        assert not waiter.is_at_head(4)
+
+
+def test_knowledge_outlives_a_re_poll_gap_but_not_the_grace(
+    hub: Hub, clock: FakeClock
+) -> None:
+    with hub.listen(1) as waiter:
+        waiter.saw_head(4, waiter.head_version())
+    hub.deliver(1, 5, MESSAGE)  # between two polls
+    clock.advance(KNOWN_GRACE_SECS / 2)
+    with hub.listen(1) as waiter:
+        assert waiter.delivered_after(4, 10) == [MESSAGE.encoded(5)]
+        assert waiter.is_at_head(5)
+    clock.advance(KNOWN_GRACE_SECS + 1)
+    with hub.listen(1) as waiter:  # back after the grace: known afresh
+        assert not waiter.is_at_head(5) and waiter.delivered_after(4, 10) == []
+
+
+def test_deliveries_to_unknown_users_are_not_kept(hub: Hub) -> None:
+    hub.deliver(1, 5, MESSAGE)
+    with hub.listen(1) as waiter:
+        assert waiter.delivered_after(4, 10) == []
+
+
 # ---- dispatcher ---------------------------------------------------------------------
 
 
@@ -318,3 +432,41 @@ def test_dispatcher_marks_the_hub_degraded_until_redis_answers(
             assert redis.zscore(keys.connections(user_id), worker) is not None
         finally:
             dispatcher.stop()
+
+
+def test_dispatcher_hands_deliveries_to_the_hub(
+    dispatched: tuple[Dispatcher, Hub], redis: redis_lib.Redis
+) -> None:
+    dispatcher, hub = dispatched
+    user_id = _user()
+    with hub.listen(user_id) as waiter:
+        waiter.saw_head(7, waiter.head_version())
+        redis.rpush(
+            keys.wake_list(dispatcher.worker_id),
+            encode_delivery("message", {user_id: 8}, '{"message":{"seq":1}}'),
+        )
+        with gevent.Timeout(5):
+            assert waiter.wait(5)
+        assert waiter.delivered_after(7, 10) == [MESSAGE.encoded(8)]
+
+
+def test_waker_delivers_here_and_sends_one_item_per_other_worker(
+    redis: redis_lib.Redis, clock: FakeClock, worker_ids: tuple[str, str]
+) -> None:
+    here, there = worker_ids
+    local, remote_a, remote_b = _user(), _user(), _user()
+    hub = Hub()
+    Registry(redis, here, hub, clock=clock).ensure(local)
+    for user_id in (remote_a, remote_b):
+        Registry(redis, there, Hub(), clock=clock).ensure(user_id)
+    waker = Waker(redis, here, hub, clock=clock)
+    with hub.listen(local) as waiter:
+        waiter.saw_head(2, waiter.head_version())
+        waker.deliver(
+            "message", {local: 3, remote_a: 4, remote_b: 5}, '{"message":{"seq":1}}'
+        )
+        assert waiter.wait(0) and waiter.delivered_after(2, 10) == [MESSAGE.encoded(3)]
+    assert redis.lrange(keys.wake_list(here), 0, -1) == []
+    items = redis.lrange(keys.wake_list(there), 0, -1)
+    assert len(items) == 1
+    assert decode_delivery(items[0])[1] == {remote_a: 4, remote_b: 5}

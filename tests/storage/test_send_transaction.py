@@ -42,7 +42,7 @@ def test_a_block_folds_begin_and_commit_into_its_statements(
             assert tx.run("SELECT 1").fetchone() == (1,)
             tx.commit(tx.statement("SELECT %s", (2,)))
         assert cur.connection.get_transaction_status() == IDLE
-    assert len(executed) == 2
+    assert len(executed) == 2, executed
     assert executed[0].startswith(b"BEGIN;")
     assert executed[1].endswith(b"COMMIT;")
 

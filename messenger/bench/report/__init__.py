@@ -13,12 +13,14 @@ from messenger.bench.report.targets import (
     evaluate,
     failed_checks,
     missed_targets,
+    wake_delivery_cpu_us,
 )
 from messenger.bench.report.text import format_cpu_table, format_text, to_json
 
 __all__ = [
     "Row",
     "evaluate",
+    "wake_delivery_cpu_us",
     "failed_checks",
     "format_cpu_table",
     "format_text",

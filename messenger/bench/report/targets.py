@@ -12,6 +12,10 @@ from typing import Any
 
 SCENARIO_ORDER = ("idle", "wake", "send", "fanout", "catchup", "history")
 
+# µs of gunicorn worker CPU per poll answered (its re-poll included): the cost
+# that bounds wake latency and fan-out time on a 2-core machine (issue #13).
+DELIVERY_CPU_US_MAX = 300
+
 # kind of a row: "timing" targets are reported (MISS fails only with --strict);
 # "check" rows are correctness (errors, lost or unverified messages) and fail the run.
 TIMING = "timing"
@@ -143,6 +147,12 @@ def _wake_rows(r: dict[str, Any]) -> list[Row]:
         _at_most("wake", "send → poll answer p99", lat.get("p99"), "ms", 10),
         _info("wake", "send → poll answer max", lat.get("max"), "ms"),
         _info("wake", "messages sent per second", r.get("achieved_rate_per_sec"), "/s"),
+        _info(
+            "wake",
+            "worker CPU per delivery, its send included",
+            r.get("worker_cpu_us_per_delivery"),
+            "µs",
+        ),
         _zero("wake", "messages not delivered", r.get("lost")),
         _zero("wake", "errors opening polls", _get(r, "settling", "errors_opening")),
         _zero(
@@ -166,6 +176,7 @@ def _send_rows(r: dict[str, Any]) -> list[Row]:
             1500,
         ),
         _info("send", "request latency p50", lat.get("p50"), "ms"),
+        _info("send", "worker CPU per send", r.get("worker_cpu_us_per_send"), "µs"),
         _at_most("send", "request latency p99", lat.get("p99"), "ms", 100),
         _zero(
             "send", "failed sends", (r.get("errors") or 0) + (r.get("uncertain") or 0)
@@ -192,6 +203,15 @@ def _fanout_rows(r: dict[str, Any]) -> list[Row]:
         rows.append(
             _at_most(
                 "fanout", f"{n} members: all have it p99", lat.get("p99"), "ms", limit
+            )
+        )
+        rows.append(
+            _at_most(
+                "fanout",
+                f"{n} members: worker CPU per delivery",
+                size.get("worker_cpu_us_per_delivery"),
+                "µs",
+                DELIVERY_CPU_US_MAX,
             )
         )
         rows.append(
@@ -316,7 +336,99 @@ def evaluate(results: dict[str, Any]) -> list[Row]:
             )
             continue
         rows.extend(ROW_BUILDERS[name](data))
+        if name == "wake":
+            rows.append(_wake_delivery_row(data, results.get("send", {})))
+    if isinstance(results.get("nchan"), dict):
+        rows.extend(_nchan_rows(results, results["nchan"]))
     return rows
+
+
+# `--compare nchan`: our figure over Nchan's, measured in the same run with the
+# same client (issue #13's ratio targets).
+NCHAN_WAKE_P99_RATIO = 5
+NCHAN_FANOUT_P99_RATIO = 2
+NCHAN_IDLE_CPU_RATIO = 4
+# CPU percentages are read to 0.1: an idle Nchan at "0.0 %" counts as this much.
+CPU_PCT_RESOLUTION = 0.1
+
+
+def _ratio_row(
+    metric: str, ours: float | None, theirs: float | None, unit: str, limit: float
+) -> Row:
+    ratio = round(ours / theirs, 2) if ours is not None and theirs else None
+    return Row(
+        "nchan",
+        f"{metric}: ours {number(ours)} {unit}, Nchan {number(theirs)} {unit}",
+        ratio,
+        "×",
+        f"≤ {number(limit)} ×",
+        ratio is not None and ratio <= limit,
+        TIMING,
+    )
+
+
+def _nchan_rows(results: dict[str, Any], nchan: dict[str, Any]) -> list[Row]:
+    if "error" in nchan:
+        return [Row("nchan", _short(f"error: {nchan['error']}"), None, "", "runs")]
+    rows = []
+    if "wake" in nchan and "wake" in results:
+        rows.append(
+            _ratio_row(
+                "wake p99",
+                _get(results, "wake", "latency_ms", "p99"),
+                _get(nchan, "wake", "latency_ms", "p99"),
+                "ms",
+                NCHAN_WAKE_P99_RATIO,
+            )
+        )
+        rows.append(_zero("nchan", "Nchan wake: not delivered", nchan["wake"]["lost"]))
+    ours_fanout = {s["members"]: s for s in _get(results, "fanout", "sizes") or []}
+    for size in _get(nchan, "fanout", "sizes") or []:
+        n = size["members"]
+        rows.append(
+            _ratio_row(
+                f"fanout {n} all have it p99",
+                _get(ours_fanout.get(n, {}), "all_have_it_ms", "p99"),
+                _get(size, "all_have_it_ms", "p99"),
+                "ms",
+                NCHAN_FANOUT_P99_RATIO,
+            )
+        )
+    if "idle" in nchan and _get(results, "idle", "levels"):
+        ours_level = results["idle"]["levels"][-1]
+        theirs = nchan["idle"].get("server_cpu_pct")
+        rows.append(
+            _ratio_row(
+                f"idle CPU at {nchan['idle']['polls']:,} polls",
+                ours_level.get("server_cpu_pct"),
+                None if theirs is None else max(theirs, CPU_PCT_RESOLUTION),
+                "%",
+                NCHAN_IDLE_CPU_RATIO,
+            )
+        )
+    return rows
+
+
+def wake_delivery_cpu_us(wake: dict[str, Any], send: dict[str, Any]) -> float | None:
+    """Worker CPU per wake delivery without its send: the wake phase's worker CPU
+    less its sends at the send scenario's CPU per send, over its answers."""
+    cpu_secs = _get(wake, "cpu", "workers_cpu_secs")
+    per_send_us = send.get("worker_cpu_us_per_send")
+    answered = wake.get("polls_answered")
+    sends = wake.get("sends_measured")
+    if cpu_secs is None or per_send_us is None or not answered or sends is None:
+        return None
+    return round(max(0.0, cpu_secs * 1e6 - sends * per_send_us) / answered, 1)
+
+
+def _wake_delivery_row(wake: dict[str, Any], send: dict[str, Any]) -> Row:
+    return _at_most(
+        "wake",
+        "worker CPU per delivery (less the send scenario's CPU per send)",
+        wake_delivery_cpu_us(wake, send),
+        "µs",
+        DELIVERY_CPU_US_MAX,
+    )
 
 
 def failed_checks(rows: Sequence[Row]) -> list[Row]:

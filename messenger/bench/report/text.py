@@ -61,6 +61,7 @@ def cpu_entries(results: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
 CPU_COLUMNS = {
     "client": "client %",
     "server": "server %",
+    "workers": "workers %",
     "postgres": "postgres %",
     "redis": "redis %",
     "other": "other %",

@@ -16,6 +16,7 @@ from messenger.bench.scenarios.harness import (
     Bench,
     PollStats,
     ScenarioError,
+    cpu_us_per,
     cursors_for,
     message_ids,
     open_and_settle,
@@ -79,6 +80,7 @@ def fanout_once(bench: Bench, size: int) -> dict[str, Any]:
         entry_result["settling"] = open_and_settle(stats, size)
         errors_at_start = stats.errors
         conn = Connection(bench.stack.port)
+        answers_before = stats.answers
         with bench.measured(entry_result), bench.profiler.record(f"fanout-{size}"):
             for k in range(plan.fanout_messages):
                 client_msg_id = f"fan-{bench.run_tag}-{size}-{k}"
@@ -104,6 +106,12 @@ def fanout_once(bench: Bench, size: int) -> dict[str, Any]:
                 )
                 gevent.sleep(0.2)
         conn.close()
+        answered = stats.answers - answers_before
+        entry_result.update(
+            polls_answered=answered,
+            # One send per `size` answers: the send's own cost is spread thin.
+            worker_cpu_us_per_delivery=cpu_us_per(entry_result["cpu"], answered),
+        )
     finally:
         gevent.killall(pollers, timeout=10)
     if not all_have_it_ms:

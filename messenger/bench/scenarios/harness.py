@@ -409,6 +409,15 @@ def wait_until(
     return True
 
 
+def cpu_us_per(cpu: dict[str, Any], count: int) -> float | None:
+    """Microseconds of gunicorn worker CPU per unit of work in a measured phase
+    (Bench.measured's "workers_cpu_secs"); None when nothing was done."""
+    secs = cpu.get("workers_cpu_secs")
+    if secs is None or count <= 0:
+        return None
+    return round(secs * 1e6 / count, 1)
+
+
 def message_ids(events: list[dict[str, Any]]) -> Iterator[str]:
     for event in events:
         if event.get("type") == "message":

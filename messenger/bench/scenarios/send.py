@@ -21,6 +21,7 @@ from messenger.bench.scenarios.harness import (
     SETUP_CONCURRENCY,
     Bench,
     ScenarioError,
+    cpu_us_per,
     ticker,
 )
 from messenger.bench.stats import distribution
@@ -117,6 +118,7 @@ def run_send(bench: Bench) -> dict[str, Any]:
         duration_secs=round(elapsed, 2),
         ok=len(stored),
         durable_per_sec=round(len(stored) / elapsed, 1),
+        worker_cpu_us_per_send=cpu_us_per(result["cpu"], len(stored)),
         errors=errors["rejected"],
         uncertain=errors["uncertain"],
         last_error=last_error[0] if last_error else None,

@@ -16,6 +16,7 @@ from messenger.bench.scenarios.harness import (
     Bench,
     PollStats,
     ScenarioError,
+    cpu_us_per,
     cursors_for,
     message_ids,
     open_and_settle,
@@ -83,6 +84,7 @@ def run_wake(bench: Bench) -> dict[str, Any]:
             counts["sent"] += 1
 
         t_start = time.monotonic()
+        answers_before, sent_before = stats.answers, counts["sent"]
 
         def progress() -> str:
             return (
@@ -105,6 +107,13 @@ def run_wake(bench: Bench) -> dict[str, Any]:
             schedule_secs = time.monotonic() - t_start
             senders.join(timeout=30)
             wait_until(lambda: not started, plan.drain_timeout_secs)
+        answered = stats.answers - answers_before
+        result.update(
+            polls_answered=answered,
+            sends_measured=counts["sent"] - sent_before,
+            # Each delivery here is one send, one answer and its re-poll.
+            worker_cpu_us_per_delivery=cpu_us_per(result["cpu"], answered),
+        )
     finally:
         gevent.killall(pollers, timeout=10)
     if not latencies_ms:
