@@ -17,7 +17,7 @@ import redis
 from messenger import metrics
 from messenger.backoff import Backoff
 from messenger.realtime import keys
-from messenger.realtime.connections import blocking_client
+from messenger.realtime.connections import blocking_client, disconnect
 from messenger.realtime.hub import Hub
 from messenger.realtime.wakeups import Registry, decode_wake
 
@@ -28,6 +28,19 @@ logger = logging.getLogger(__name__)
 BLOCK_SECS = 5
 BATCH = 500
 BACKOFF_MAX_SECS = 5.0
+
+
+def deregister(registry: Registry) -> None:
+    """registry.deregister(), logged instead of raised (a stopping worker)."""
+    try:
+        registry.deregister()
+    except redis.RedisError as exc:
+        metrics.REDIS_ERRORS.labels(op="register").inc()
+        logger.warning(
+            "worker %s: deregistration failed (%s); its entries expire",
+            registry.worker_id,
+            exc,
+        )
 
 
 class Dispatcher:
@@ -55,8 +68,10 @@ class Dispatcher:
         self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._keep_registered)]
 
     def stop(self) -> None:
+        """Stop popping and deregister: senders stop pushing to this worker."""
         self._stopping = True
         gevent.killall(self._greenlets, timeout=2)
+        deregister(self.registry)
 
     def _run(self) -> None:
         retry = Backoff(0.1, BACKOFF_MAX_SECS, jitter=(0.5, 1.5))
@@ -90,8 +105,7 @@ class Dispatcher:
                 self.hub.redis_ok = False
                 gevent.sleep(retry.failed())
             finally:
-                # close() leaves a pool it was given open: its socket would leak.
-                client.connection_pool.disconnect()
+                disconnect(client)
 
     def _pop(self, client: redis.Redis, key: str) -> list[bytes]:
         """Wait for wake-ups; a batch of them in one round trip (BLMPOP, Redis 7).

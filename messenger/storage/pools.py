@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import gevent.lock
 import psycopg2
@@ -25,9 +25,24 @@ _DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 def describe_dsn(dsn: str) -> str:
-    """host:port/db of a DSN, without credentials (for logs and error messages)."""
+    """host:port/db of a DSN, without credentials (for logs and error messages).
+
+    A multi-host URI (`postgresql://u@a:5432,b:5433/db?target_session_attrs=…`,
+    the usual way to follow a primary across a failover) names every host:
+    `a:5432,b:5433/db`. urlsplit cannot read such a netloc's port, so the hosts
+    are split here.
+    """
     parts = urlsplit(dsn)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+    hosts = parts.netloc.rpartition("@")[2]
+    described = []
+    for host in hosts.split(",") if hosts else [""]:
+        if host.startswith("["):  # [::1]:5432
+            name, _, rest = host[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            name, _, port = host.partition(":")
+        described.append(f"{unquote(name) or 'localhost'}:{port or 5432}")
+    return f"{','.join(described)}{parts.path or '/'}"
 
 
 class ShardCursor(psycopg2.extensions.cursor):
