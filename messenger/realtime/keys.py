@@ -99,3 +99,12 @@ def rate_limit(name: str, subject: str, window: int) -> str:
     so one script can read both.
     """
     return f"rl:{{{name}:{subject}}}:{window}"
+
+
+# ---- background work -----------------------------------------------------------
+
+
+def sweep_lease(database: str) -> str:
+    """String: the worker sweeping one database's outboxes (workers/sweeper.py);
+    `database` is its host:port/db, never credentials."""
+    return f"sweep:lease:{database}"

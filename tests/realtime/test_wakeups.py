@@ -39,3 +39,17 @@ def test_deregister_removes_worker_from_users_and_drops_its_wake_list(
     assert not redis.exists(keys.wake_list("leaving-worker"))
     Waker(redis, "sender", Hub()).wake_users([51, 52])
     assert not redis.exists(keys.wake_list("leaving-worker"))
+
+
+def test_one_sweeper_holds_a_database_lease_until_it_lapses(
+    redis: redis_lib.Redis,
+) -> None:
+    from messenger.workers.sweeper import hold_lease
+
+    key = keys.sweep_lease("db1:5432/m")
+    assert hold_lease(redis, key, "worker-a", 5)
+    assert not hold_lease(redis, key, "worker-b", 5)
+    assert hold_lease(redis, key, "worker-a", 5)  # renewed by its holder
+    redis.delete(key)  # as if it had lapsed
+    assert hold_lease(redis, key, "worker-b", 5)
+    assert not hold_lease(redis, key, "worker-a", 5)
