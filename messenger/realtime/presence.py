@@ -75,10 +75,16 @@ class PresenceBoard:
         removed from the online sets; (user, last activity) each."""
         # EVAL, not EVALSHA: a cluster pipeline sends each bucket's call to its
         # node and could not load a script missing there; the text is small.
+        # (redis-py's ClusterPipeline.eval() is not the command: send it raw.)
         pipe = self.client.pipeline(transaction=False)
         for bucket in range(keys.PRESENCE_BUCKETS):
-            pipe.eval(
-                _POP_STALE, 1, keys.presence_online(bucket), repr(cutoff), SWEEP_BATCH
+            pipe.execute_command(
+                "EVAL",
+                _POP_STALE,
+                1,
+                keys.presence_online(bucket),
+                repr(cutoff),
+                SWEEP_BATCH,
             )
         gone: list[tuple[int, float]] = []
         for popped in pipe.execute():
