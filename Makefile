@@ -20,12 +20,12 @@ run: $(STAMP)
 	$(BIN)/messenger run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not topology"
 
 # The API, service and storage tests without gunicorn, nginx, Chromium or slow
 # cases: the quick check while editing (under a minute).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not system and not browser and not slow"
+	$(BIN)/python -m pytest -m "not system and not browser and not slow and not topology"
 
 # Several machines on loopback (README "Running on several machines"): three
 # PostgreSQL servers, a three-master Redis Cluster, two gunicorn hosts, the push
@@ -39,7 +39,7 @@ cluster-down: $(STAMP)
 # The topology tests: they start their own topology (as `make cluster` does) and
 # stop it; a few minutes.
 test-topology: $(STAMP)
-	$(BIN)/python -m pytest -m topology tests/topology
+	$(BIN)/python -m pytest -m topology -s -o timeout=300 tests/topology
 
 lint: $(STAMP)
 	$(BIN)/ruff check messenger tests wsgi.py gunicorn.conf.py
