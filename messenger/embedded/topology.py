@@ -110,7 +110,9 @@ class TopologyState:
 
 
 def form_redis_cluster(
-    ports: list[int], timeout_secs: float = CLUSTER_FORM_SECS
+    ports: list[int],
+    bus_ports: list[int],
+    timeout_secs: float = CLUSTER_FORM_SECS,
 ) -> None:
     """Give each node an equal share of the slots, introduce them to each other
     and wait until every node reports the cluster ok (`redis-cli --cluster
@@ -125,8 +127,8 @@ def form_redis_cluster(
             first = index * share
             last = REDIS_SLOTS - 1 if index == len(ports) - 1 else first + share - 1
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-        for port in ports[1:]:
-            clients[0].execute_command("CLUSTER", "MEET", HOST, port)
+        for port, bus_port in zip(ports[1:], bus_ports[1:], strict=True):
+            clients[0].execute_command("CLUSTER", "MEET", HOST, port, bus_port)
         deadline = time.monotonic() + timeout_secs
         while True:
             infos = [_cluster_info(c) for c in clients]
@@ -241,6 +243,7 @@ class Topology:
                 3: "empty: for moving shards to",
             }[index]
             self._progress(f"PostgreSQL pg{index} on {HOST}:{pg.port}: {role}")
+        bus_ports = [free_port() for _ in range(REDIS_NODES)]
         for index in range(REDIS_NODES):
             node = EmbeddedRedis(
                 self.root / f"redis{index + 1}",
@@ -252,13 +255,16 @@ class Topology:
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "3000",
                     "--cluster-require-full-coverage", "no",
+                    # The bus port is the client port + 10000 unless given:
+                    # a free port above 55535 would make that impossible.
+                    "--cluster-port", str(bus_ports[index]),
                 ),
             )  # fmt: skip
             node.start()
             self.redis_nodes.append(node)
         ports = [n.port for n in self.redis_nodes]
         self._progress(f"Redis nodes on {', '.join(str(p) for p in ports)}")
-        form_redis_cluster(ports)
+        form_redis_cluster(ports, bus_ports)
         redis_url = "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports)
         self._progress(f"Redis Cluster formed: three masters ({redis_url})")
 
