@@ -16,13 +16,17 @@ same commands (the multi-key ones we send keep to one hash slot, realtime/keys.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder
+from redis.exceptions import ClusterError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -95,8 +99,84 @@ def parse_redis_url(url: str) -> RedisTarget:
     )
 
 
+class _ClusterPipeline(ClusterPipeline):
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            return super().execute(raise_on_error)  # type: ignore[no-any-return]
+        except RedisClusterException as exc:
+            raise ClusterError(str(exc)) from exc
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, raising redis.RedisError for every failure.
+
+    With a master down and no replica to take over, redis-py raises
+    SlotNotCoveredError or RedisClusterException, which are not RedisErrors: every
+    `except redis.RedisError` that makes a wake, presence write or rate-limit
+    check degrade instead of failing the request would miss them.
+    """
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterError(str(exc)) from exc
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        pipe.__class__ = _ClusterPipeline
+        return pipe
+
+
+class _LazyCluster:
+    """A cluster client made on first use.
+
+    redis-py's cluster client reads the slot map when it is constructed and
+    raises when no node answers; a worker must start (and its dispatcher keep
+    retrying) while the cluster is away, as with one Redis server. Every
+    attribute is the real client's, made then; failing to make it raises a
+    redis.RedisError.
+    """
+
+    def __init__(self, make: Callable[[], _Cluster]) -> None:
+        self._make = make
+        self._client: _Cluster | None = None
+
+    def _real(self) -> _Cluster:
+        if self._client is None:
+            try:
+                self._client = self._make()
+            except RedisClusterException as exc:
+                raise ClusterError(str(exc)) from exc
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def get_encoder(self) -> Encoder:
+        """For register_script(), which must not need the cluster."""
+        return Encoder("utf-8", "strict", False)
+
+    def register_script(self, script: str) -> Script:
+        return Script(self, script)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
 def _cluster(target: RedisTarget, max_connections: int, timeout: float) -> redis.Redis:
-    client = RedisCluster(
+    return cast(
+        redis.Redis,
+        _LazyCluster(lambda: _make_cluster(target, max_connections, timeout)),
+    )
+
+
+def _make_cluster(
+    target: RedisTarget, max_connections: int, timeout: float
+) -> _Cluster:
+    return _Cluster(
         startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
         username=target.username,
         password=target.password,
@@ -106,11 +186,9 @@ def _cluster(target: RedisTarget, max_connections: int, timeout: float) -> redis
         retry=Retry(NoBackoff(), CLUSTER_RETRIES),
         # A node that is down must not stop commands for slots that are served.
         require_full_coverage=False,
-        # Connecting does not need the cluster to answer: the slot map is read
-        # on the first command, so a worker starts while the cluster is away.
+        # Follow the cluster's own view of its nodes, not only the seeds.
         dynamic_startup_nodes=True,
     )
-    return cast(redis.Redis, client)
 
 
 def _sentinel(target: RedisTarget, **pool_kwargs: Any) -> redis.Redis:
@@ -128,10 +206,6 @@ def _sentinel(target: RedisTarget, **pool_kwargs: Any) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         **pool_kwargs,
     )
-
-
-def is_cluster(client: redis.Redis) -> bool:
-    return isinstance(client, RedisCluster)
 
 
 def shared_client(url: str, max_connections: int) -> redis.Redis:
@@ -183,7 +257,7 @@ def blocking_client(url: str, block_secs: float) -> redis.Redis:
 
 def disconnect(client: redis.Redis) -> None:
     """Close every socket of a client (close() leaves a pool it was given open)."""
-    if isinstance(client, RedisCluster):
+    if isinstance(client, _LazyCluster | RedisCluster):
         client.close()
     else:
         client.connection_pool.disconnect()

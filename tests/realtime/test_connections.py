@@ -43,3 +43,31 @@ def test_malformed_url_stops_start_up_with_one_sentence(url: str) -> None:
 def test_cluster_url_is_accepted_by_the_settings() -> None:
     settings = load({"MESSENGER_REDIS_URL": "redis+cluster://127.0.0.1:7000"})
     assert settings.redis_url == "redis+cluster://127.0.0.1:7000"
+
+
+def test_cluster_client_starts_while_cluster_is_away_and_fails_as_redis_errors() -> (
+    None
+):
+    import redis
+
+    from messenger.embedded import free_port
+    from messenger.realtime.connections import disconnect, shared_client
+    from messenger.realtime.hub import Hub
+    from messenger.realtime.presence import PresenceBoard
+    from messenger.realtime.wakeups import Registry, Waker
+
+    client = shared_client(f"redis+cluster://127.0.0.1:{free_port()}", 4)
+    try:
+        board = PresenceBoard(client)  # nothing asked of Redis yet
+        script = client.register_script("return 1")
+        with pytest.raises(redis.RedisError):
+            client.ping()
+        with pytest.raises(redis.RedisError):
+            board.last_seen([1, 2])
+        with pytest.raises(redis.RedisError):
+            script(keys=["k"])
+        # The paths that degrade catch RedisError: a wake is logged, not raised.
+        Waker(client, "w", Hub()).wake_users([1])
+        assert not Registry(client, "w", Hub()).ensure(1)
+    finally:
+        disconnect(client)
