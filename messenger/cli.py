@@ -234,7 +234,7 @@ def cmd_cluster(
         extra_env[name] = value
     if detach:
         return topology.up_detached(root, port, say, extra_env)
-    return topology.up(root, port, say, extra_env)
+    return topology.up(root, port, say, gunicorn_argv(), extra_env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,7 @@ class TopologyState:
     pg_ports: list[int]
     pg_dsns: list[str]  # pg1's m1, pg2's m2, pg3's m3
     redis_ports: list[int]
+    redis_bus_ports: list[int]
     redis_url: str
     push_worker_pid: int
     nginx_pid: int | None
@@ -151,6 +152,28 @@ def _cluster_info(client: redis.Redis) -> dict[str, str]:
     return dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
 
 
+def redis_node(
+    root: Path, number: int, port: int, bus_port: int, say: Say | None = None
+) -> EmbeddedRedis:
+    """Redis Cluster node `number` (1-3) of a topology: started again on the same
+    folder and ports, it rejoins the cluster with its slots (nodes.conf)."""
+    return EmbeddedRedis(
+        root / f"redis{number}",
+        port,
+        say,
+        persistent=False,
+        extra_args=(
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "3000",
+            "--cluster-require-full-coverage", "no",
+            # The bus port is the client port + 10000 unless given: a free
+            # port above 55535 would make that impossible.
+            "--cluster-port", str(bus_port),
+        ),
+    )  # fmt: skip
+
+
 def nginx_conf(listen_port: int, upstream_ports: list[int]) -> str:
     """deploy/nginx.conf with its two documented substitutions: the listen port
     and one `server` line per host."""
@@ -192,10 +215,14 @@ class Topology:
         *,
         port: int,
         say: Say,
+        server_argv: list[str],
         extra_env: dict[str, str] | None = None,
         workers: int = 2,
     ) -> None:
         self.root = Path(root).absolute()
+        # messenger.cli.gunicorn_argv(), the production server command (passed
+        # in: cli imports this module).
+        self.server_argv = server_argv
         self.port = port
         self.say = say
         self.extra_env = dict(extra_env or {})
@@ -245,21 +272,9 @@ class Topology:
             self._progress(f"PostgreSQL pg{index} on {HOST}:{pg.port}: {role}")
         bus_ports = [free_port() for _ in range(REDIS_NODES)]
         for index in range(REDIS_NODES):
-            node = EmbeddedRedis(
-                self.root / f"redis{index + 1}",
-                free_port(),
-                self.say,
-                persistent=False,
-                extra_args=(
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "3000",
-                    "--cluster-require-full-coverage", "no",
-                    # The bus port is the client port + 10000 unless given:
-                    # a free port above 55535 would make that impossible.
-                    "--cluster-port", str(bus_ports[index]),
-                ),
-            )  # fmt: skip
+            node = redis_node(
+                self.root, index + 1, free_port(), bus_ports[index], self.say
+            )
             node.start()
             self.redis_nodes.append(node)
         ports = [n.port for n in self.redis_nodes]
@@ -307,6 +322,7 @@ class Topology:
             pg_ports=[pg.port for pg in self.pgs],
             pg_dsns=dsns,
             redis_ports=ports,
+            redis_bus_ports=bus_ports,
             redis_url=redis_url,
             push_worker_pid=self.pusher.pid,
             nginx_pid=nginx_pid,
@@ -349,13 +365,11 @@ class Topology:
             )
 
     def _start_host(self, name: str) -> None:
-        from messenger.cli import gunicorn_argv
-
         port = self.host_ports[name]
         metrics_dir = self.root / name / "metrics"
         metrics_dir.mkdir(parents=True, exist_ok=True)
         process = self._spawn(
-            gunicorn_argv(),
+            self.server_argv,
             name,
             {
                 "MESSENGER_NODE_NAME": name,
@@ -505,7 +519,13 @@ def _is_supervisor(pid: int) -> bool:
     return b"cluster" in cmdline and b"up" in cmdline
 
 
-def up(root: Path, port: int, say: Say, extra_env: dict[str, str] | None = None) -> int:
+def up(
+    root: Path,
+    port: int,
+    say: Say,
+    server_argv: list[str],
+    extra_env: dict[str, str] | None = None,
+) -> int:
     """Run the topology in the foreground until SIGTERM or Ctrl-C."""
     stopping = False
 
@@ -519,7 +539,9 @@ def up(root: Path, port: int, say: Say, extra_env: dict[str, str] | None = None)
         return 1
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    topology = Topology(root, port=port, say=say, extra_env=extra_env)
+    topology = Topology(
+        root, port=port, say=say, server_argv=server_argv, extra_env=extra_env
+    )
     try:
         state = topology.start()
         say(f"URL: {state.url}")

@@ -150,3 +150,6 @@ class Dispatcher:
             except redis.RedisError as exc:
                 metrics.REDIS_ERRORS.labels(op="register").inc()
                 logger.debug("worker %s: refresh failed: %s", self.worker_id, exc)
+                # A node that failed may come back empty (a cluster master
+                # restarted without persistence): the next polls register anew.
+                self.registry.forget_all()

@@ -455,3 +455,92 @@ def test_one_postgresql_server_down_hurts_only_its_own_members(
         far_catch_up_secs=round(catch_up, 1),
         secs=round(time.monotonic() - started, 1),
     )
+
+
+def test_a_redis_master_down_degrades_polls_and_they_recover(
+    topology: Topology,
+) -> None:
+    """Wakes and polls through a master's failure (no replica: its slots are
+    unserved) and its return."""
+    from messenger.embedded.topology import redis_node
+
+    started = time.monotonic()
+    proxy = Api(topology.url)
+    sender = proxy.user()
+    members = [proxy.user() for _ in range(5)]
+    assert _spread_over_nodes(topology, members) >= 2
+    cid = proxy.group(sender, members)
+    listeners = [Listener(proxy, m, proxy.head(m)).start() for m in members]
+    time.sleep(1.0)
+    number = 2
+    node = redis_node(
+        topology.root,
+        number,
+        topology.state.redis_ports[number - 1],
+        topology.state.redis_bus_ports[number - 1],
+    )
+    sent: list[int] = []
+    outage_delays: list[float] = []
+    try:
+        node.stop()
+        for n in range(8):
+            t0 = time.monotonic()
+            r = proxy.send(sender, cid, f"redis down {n}")
+            assert r.status_code == 201, r.text  # rate limiter fails open
+            sent.append(r.json()["message"]["seq"])
+            for listener in listeners:
+                wait_for(
+                    lambda li=listener: len(li.messages(cid)) >= len(sent),
+                    6,
+                    "a poll answered while a master is down",
+                )
+            outage_delays.append(time.monotonic() - t0)
+    finally:
+        node.start()
+    cluster_ok = wait_for(lambda: _cluster_ok(topology), 30, "cluster ok again")
+    # Back: a new user's poll is woken at once again.
+    reader = proxy.user()
+    cid2 = proxy.group(sender, [reader])
+    fresh = Listener(proxy, reader, proxy.head(reader)).start()
+    try:
+        wait_for(lambda: _readyz_strict_everywhere(topology), 30, "strict ready")
+        time.sleep(6)  # dispatchers of the restarted node's lists reconnect (≤ 5 s)
+        assert proxy.send(sender, cid2, "after").status_code == 201
+        recovered = wait_for(lambda: bool(fresh.messages(cid2)), WAKE_SECS, "woken")
+    finally:
+        finish_all([*listeners, fresh])
+    for listener in listeners:
+        assert_exactly_once(listener, cid, sent)
+    report(
+        "a Redis master down and back",
+        sent=len(sent),
+        delivered_exactly_once=len(sent) * len(listeners),
+        lost=0,
+        slowest_delivery_while_down_secs=round(max(outage_delays), 2),
+        cluster_ok_after_secs=round(cluster_ok, 1),
+        wake_after_recovery_secs=round(recovered, 2),
+        secs=round(time.monotonic() - started, 1),
+    )
+
+
+def _cluster_ok(topology: Topology) -> bool:
+    nodes = topology.redis_nodes()
+    try:
+        return all(
+            b"cluster_state:ok" in n.execute_command("CLUSTER", "INFO") for n in nodes
+        )
+    except Exception:  # noqa: BLE001 - a node still starting
+        return False
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def _readyz_strict_everywhere(topology: Topology) -> bool:
+    try:
+        return all(
+            requests.get(url + "/readyz/strict", timeout=5).status_code == 200
+            for url in topology.state.hosts.values()
+        )
+    except requests.RequestException:
+        return False
