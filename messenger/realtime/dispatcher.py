@@ -17,7 +17,13 @@ import redis
 from messenger import metrics
 from messenger.backoff import Backoff
 from messenger.realtime import keys
-from messenger.realtime.connections import blocking_client, disconnect
+from messenger.realtime.cluster_watch import ClusterWatch
+from messenger.realtime.connections import (
+    CLUSTER,
+    blocking_client,
+    disconnect,
+    parse_redis_url,
+)
 from messenger.realtime.hub import Hub
 from messenger.realtime.wakeups import Registry, decode_wake
 
@@ -63,14 +69,21 @@ class Dispatcher:
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._has_blmpop = True
+        self._watch: ClusterWatch | None = None
 
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._keep_registered)]
+        target = parse_redis_url(self.redis_url)
+        if target.kind == CLUSTER:
+            self._watch = ClusterWatch(list(target.nodes), self.hub, self.registry)
+            self._greenlets.append(gevent.spawn(self._watch.run))
 
     def stop(self) -> None:
         """Stop popping and deregister: senders stop pushing to this worker."""
         self._stopping = True
         gevent.killall(self._greenlets, timeout=2)
+        if self._watch is not None:
+            self._watch.stop()
         deregister(self.registry)
 
     def _run(self) -> None:
