@@ -93,7 +93,9 @@ class Dispatcher:
             client = self._client_factory()
             try:
                 client.ping()
-                if not self.hub.redis_ok:
+                # In a cluster, the watch decides when every master is back.
+                watch_degraded = self._watch is not None and self._watch.degraded
+                if not self.hub.redis_ok and not watch_degraded:
                     logger.info(
                         "worker %s: Redis is back; resuming wake-ups", self.worker_id
                     )
@@ -115,7 +117,11 @@ class Dispatcher:
                         self.worker_id,
                         exc,
                     )
-                self.hub.redis_ok = False
+                    self.hub.redis_ok = False
+                    # Polls already waiting would wait out their timeout for
+                    # a wake that cannot come: they re-read now, then every
+                    # second.
+                    self.hub.wake_all()
                 gevent.sleep(retry.failed())
             finally:
                 disconnect(client)
