@@ -38,7 +38,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(services: Services, settings: Any) -> Iterator[Stack]:
+def stack(
+    services: Services, settings: Any, in_process_sweeper_paused: None
+) -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="messenger-outage-", dir="/var/tmp"))
     root.chmod(0o755)
     pg = EmbeddedPostgres(root / "pg", free_port(), databases=("m3",))
