@@ -167,6 +167,10 @@ class Pool:
             # says it is up; one without a SQLSTATE is the connection failing.
             if getattr(exc, "pgcode", None) is None:
                 self.breaker.failed()
+                # The server went away (or restarted): the idle connections are
+                # as dead as this one. Left pooled, each would fail one more
+                # request and keep the breaker open, probe after probe.
+                self.close()
             self._discard(conn)
             conn = None
             metrics.DB_ERRORS.labels(database=self.label).inc()

@@ -143,20 +143,36 @@ class User:
         return 1 if self.id % SHARDS < 8 else 2
 
 
+# A client retries a 503 after its Retry-After, as API.md asks (a server that
+# just came back: each worker's first use of a pooled connection may fail).
+RETRIES_ON_503 = 5
+
+
+def call(method: str, url: str, **kwargs: Any) -> requests.Response:
+    """One request, retried (bounded) while it answers 503."""
+    for _ in range(RETRIES_ON_503):
+        r = requests.request(method, url, **kwargs)
+        if r.status_code != 503:
+            return r
+        time.sleep(min(3.0, float(r.headers.get("Retry-After", "1"))))
+    return r
+
+
 class Api:
     def __init__(self, url: str) -> None:
         self.url = url
 
     def user(self) -> User:
         body = {"handle": unique_handle("t"), "password": "password123"}
-        r = requests.post(self.url + "/v1/users", json=body, timeout=10)
+        r = call("POST", self.url + "/v1/users", json=body, timeout=10)
         assert r.status_code == 201, r.text
-        r = requests.post(self.url + "/v1/sessions", json=body, timeout=10)
+        r = call("POST", self.url + "/v1/sessions", json=body, timeout=10)
         assert r.status_code == 201, r.text
         return User(r.json()["user"]["id"], r.json()["token"])
 
     def group(self, owner: User, members: list[User]) -> int:
-        r = requests.post(
+        r = call(
+            "POST",
             self.url + "/v1/conversations",
             headers=owner.headers,
             json={
@@ -172,7 +188,9 @@ class Api:
     def send(
         self, user: User, conversation_id: int, body: str, client_msg_id: str = ""
     ) -> requests.Response:
-        return requests.post(
+        """A send, retried on 503 with the same client_msg_id (idempotent)."""
+        return call(
+            "POST",
             f"{self.url}/v1/conversations/{conversation_id}/messages",
             headers=user.headers,
             json={
@@ -183,7 +201,7 @@ class Api:
         )
 
     def head(self, user: User) -> str:
-        r = requests.get(self.url + "/v1/events", headers=user.headers, timeout=10)
+        r = call("GET", self.url + "/v1/events", headers=user.headers, timeout=10)
         assert r.status_code == 200, r.text
         return str(r.json()["cursor"])
 
