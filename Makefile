@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench bench-quick fuzz clean
+.PHONY: run test test-fast test-topology cluster cluster-down lint bench bench-quick fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,26 @@ run: $(STAMP)
 	$(BIN)/messenger run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not topology"
 
 # The API, service and storage tests without gunicorn, nginx, Chromium or slow
 # cases: the quick check while editing (under a minute).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not system and not browser and not slow"
+	$(BIN)/python -m pytest -m "not system and not browser and not slow and not topology"
+
+# Several machines on loopback (README "Running on several machines"): three
+# PostgreSQL servers, a three-master Redis Cluster, two gunicorn hosts, the push
+# worker and nginx. Returns once it serves and prints the URL; cluster-down stops it.
+cluster: $(STAMP)
+	$(BIN)/messenger cluster up --detach
+
+cluster-down: $(STAMP)
+	$(BIN)/messenger cluster down
+
+# The topology tests: they start their own topology (as `make cluster` does) and
+# stop it; a few minutes.
+test-topology: $(STAMP)
+	$(BIN)/python -m pytest -m topology -s -o timeout=300 tests/topology
 
 lint: $(STAMP)
 	$(BIN)/ruff check messenger tests wsgi.py gunicorn.conf.py

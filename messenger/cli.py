@@ -252,6 +252,29 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
             _say("stopped the embedded PostgreSQL and Redis")
 
 
+def cmd_cluster(
+    action: str, root: Path, port: int, detach: bool, assignments: list[str]
+) -> int:
+    """`make cluster` / `make cluster-down` (messenger/embedded/topology.py)."""
+    from messenger.embedded import topology
+
+    def say(text: str) -> None:
+        print(f"cluster: {text}", flush=True)
+
+    if action == "down":
+        return topology.down(root, say)
+    extra_env = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name.startswith("MESSENGER_"):
+            print(f"messenger: --set takes MESSENGER_X=VALUE, not {assignment!r}")
+            return 2
+        extra_env[name] = value
+    if detach:
+        return topology.up_detached(root, port, say, extra_env)
+    return topology.up(root, port, say, gunicorn_argv(), extra_env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="messenger", description="A long-polling HTTP messenger."
@@ -288,11 +311,33 @@ def main(argv: list[str] | None = None) -> int:
         "doctor",
         help="check settings, databases, Redis, migrations, clocks and limits",
     )
+    cluster = sub.add_parser(
+        "cluster",
+        help="several machines on loopback: 3 PostgreSQL, a Redis Cluster, "
+        "2 hosts, push worker, nginx",
+    )
+    cluster.add_argument("action", choices=("up", "down"))
+    cluster.add_argument(
+        "--root", type=Path, default=ROOT / "var" / "cluster", help="its folder"
+    )
+    cluster.add_argument("--port", type=int, default=8088, help="nginx's port")
+    cluster.add_argument(
+        "--detach", action="store_true", help="up: return once it serves"
+    )
+    cluster.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MESSENGER_X=VALUE",
+        help="up: a setting for every host (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.command == "doctor":
         from messenger import doctor
 
         return doctor.main()
+    if args.command == "cluster":
+        return cmd_cluster(args.action, args.root, args.port, args.detach, args.set)
     try:
         settings = load()
         if args.command == "run":

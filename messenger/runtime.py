@@ -62,7 +62,8 @@ def build(settings: Settings) -> Runtime:
     if not settings.redis_url:
         raise ValueError("MESSENGER_REDIS_URL is required")
     client = shared_client(settings.redis_url, settings.redis_pool_size)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    node = settings.node_name or socket.gethostname()
+    worker_id = f"{node}:{os.getpid()}:{secrets.token_hex(3)}"
     hub = Hub(max_polls_per_user=settings.max_polls_per_user)
     registry = Registry(client, worker_id, hub)
     # A held poll registers in Redis through its hub (Hub.listen).

@@ -37,11 +37,15 @@ IDLE_CLOSE_DELAY_SECS = 0.2
 
 
 def drain_held_polls() -> None:
-    """Answer every poll this process holds, now (nothing held: nothing to do)."""
+    """Answer every poll this process holds, now (nothing held: nothing to do),
+    and take this worker out of Redis so senders stop waking it."""
     from messenger import runtime
+    from messenger.realtime.dispatcher import deregister
 
     with contextlib.suppress(RuntimeError):  # no runtime: nothing is held
-        runtime.get().hub.drain()
+        rt = runtime.get()
+        rt.hub.drain()
+        deregister(rt.registry)
 
 
 class DrainingGeventWorker(GeventWorker):  # type: ignore[misc]

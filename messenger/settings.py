@@ -98,8 +98,18 @@ def _read_dsn(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
 
 
 def _read_redis_url(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
-    if not re.match(r"^rediss?://", raw):
-        raise ConfigError(f"{name} must be a redis:// or rediss:// URL.")
+    if not re.match(r"^(rediss?|redis\+cluster|redis\+sentinel)://", raw):
+        raise ConfigError(
+            f"{name} must be a redis://, rediss://, redis+cluster:// or "
+            "redis+sentinel:// URL."
+        )
+    # Imported here: settings must stay importable without redis-py's modules.
+    from messenger.realtime.connections import parse_redis_url
+
+    try:
+        parse_redis_url(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     return raw
 
 
@@ -162,7 +172,16 @@ class Settings:
         read=_read_dsn,
     )
     redis_url: str | None = setting(
-        None, "`redis://host:port/db`", shown="– (embedded)", read=_read_redis_url
+        None,
+        "`redis://host:port/db`; a Redis Cluster: `redis+cluster://h:p,h:p`; "
+        "Sentinel: `redis+sentinel://h:p,h:p/service[/db]`",
+        shown="– (embedded)",
+        read=_read_redis_url,
+    )
+    node_name: str = setting(
+        "",
+        "this host's name in worker ids, logs and `/readyz` (distinct per host)",
+        shown="the hostname",
     )
     secret_key: str = setting(
         "", "at least 16 characters", min_length=16, shown="random per process"

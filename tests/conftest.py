@@ -163,9 +163,28 @@ def app(settings: Settings) -> Iterator[Any]:
     app = create_app(settings)
     rt = app.extensions["messenger"]
     background = bootstrap.start(rt)
+    # For tests that must pause this worker's background work (its sweeper
+    # would fan out, with this shard map, outboxes of a rig using another).
+    app.extensions["messenger.background"] = background
     yield app
     background.stop()
     rt.close()
+
+
+@pytest.fixture(scope="module")
+def in_process_sweeper_paused(app: Any) -> Iterator[None]:
+    """Stop the in-process worker's outbox sweeper for a module, then start a
+    new one: a gunicorn rig sharing a database but mapping shards elsewhere
+    (tests/system/test_outages.py) must be the only one to sweep it."""
+    import gevent
+
+    from messenger.workers.sweeper import SweepLoop
+
+    background = app.extensions["messenger.background"]
+    background.sweeper.stop()
+    yield
+    background.sweeper = SweepLoop(background.rt)
+    background.greenlets.append(gevent.spawn(background.sweeper.run))
 
 
 @pytest.fixture

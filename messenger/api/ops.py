@@ -31,29 +31,57 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 @operation(
-    "200 when every database and Redis answer, else 503 naming what is down.",
-    responses={200: env.HealthOut, 503: env.ReadyOut},
-    descriptions={503: "Not ready: `down` names what does not answer."},
+    "200 while this host can serve: the directory database and Redis answer. "
+    "The body gives every database's status; one shard database down makes it "
+    "`degraded`, not 503 (only that database's users get 503s).",
+    responses={200: env.ReadyOut, 503: env.ReadyOut},
+    descriptions={503: "Cannot serve: `down` names what does not answer."},
     tag=TAG,
     uses_database=False,
 )
 @public
 def readyz() -> Any:
-    down = health.check_dependencies()
-    if down:
-        return (
+    ready = health.readiness()
+    return _readiness_answer(ready, ready.can_serve)
+
+
+@bp.get("/readyz/strict")
+@operation(
+    "For monitoring: 200 only while every database and Redis answer.",
+    responses={200: env.ReadyOut, 503: env.ReadyOut},
+    descriptions={503: "Something is down: `down` names it."},
+    tag=TAG,
+    uses_database=False,
+)
+@public
+def readyz_strict() -> Any:
+    ready = health.readiness()
+    return _readiness_answer(ready, ready.all_up)
+
+
+def _readiness_answer(ready: health.Readiness, is_ready: bool) -> Any:
+    body: dict[str, Any] = {
+        "status": "ok" if ready.all_up else "degraded" if is_ready else "unavailable",
+        "node": ready.node,
+        "redis": "up" if ready.redis_up else "down",
+        "databases": [
             {
-                "status": "unavailable",
-                "down": down,
-                "error": {
-                    "code": "unavailable",
-                    "message": "Not ready: " + ", ".join(down) + " down.",
-                },
-            },
-            503,
-            {"Retry-After": "2"},
-        )
-    return {"status": "ok"}
+                "database": d.database,
+                "status": "up" if d.is_up else "down",
+                "directory": d.is_directory,
+                "shards": d.shards,
+            }
+            for d in ready.databases
+        ],
+        "down": ready.down,
+    }
+    if is_ready:
+        return env.ReadyOut().dump(body)
+    body["error"] = {
+        "code": "unavailable",
+        "message": "Not ready: " + ", ".join(ready.down) + " down.",
+    }
+    return env.ReadyOut().dump(body), 503, {"Retry-After": "2"}
 
 
 @bp.get("/metrics")

@@ -66,6 +66,7 @@ class EmbeddedRedis(Server):
         persistent: bool = True,
         kill_with_parent: bool = True,
         start_timeout_secs: float = START_TIMEOUT_SECS,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         """Describe a Redis server; nothing runs until start().
 
@@ -77,6 +78,7 @@ class EmbeddedRedis(Server):
             kill_with_parent: on Linux, have the kernel SIGTERM Redis when the thread
                 that started it dies (a SIGKILLed caller leaves no Redis behind).
             start_timeout_secs: bound on waiting for PING to answer.
+            extra_args: more server options (`--cluster-enabled yes`, ...).
         """
         self.data_dir = Path(data_dir).absolute()
         self.port = port
@@ -86,6 +88,7 @@ class EmbeddedRedis(Server):
         self.kill_with_parent = kill_with_parent
         self._log = log
         self._start_timeout_secs = start_timeout_secs
+        self.extra_args = extra_args
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -144,6 +147,7 @@ class EmbeddedRedis(Server):
                 args += ["--appendonly", "yes"]
             else:
                 args += ["--appendonly", "no", "--save", ""]
+            args += list(self.extra_args)
             hook = child_hook() if self.kill_with_parent else None
             say(self._log, f"Redis: starting on {HOST}:{self.port} in {self.data_dir}")
             with self.log_path.open("ab") as log_file:

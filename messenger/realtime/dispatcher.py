@@ -17,7 +17,13 @@ import redis
 from messenger import metrics
 from messenger.backoff import Backoff
 from messenger.realtime import keys
-from messenger.realtime.connections import blocking_client
+from messenger.realtime.cluster_watch import ClusterWatch
+from messenger.realtime.connections import (
+    CLUSTER,
+    blocking_client,
+    disconnect,
+    parse_redis_url,
+)
 from messenger.realtime.hub import Hub
 from messenger.realtime.wakeups import Registry, decode_delivery, decode_wake
 
@@ -28,6 +34,19 @@ logger = logging.getLogger(__name__)
 BLOCK_SECS = 5
 BATCH = 500
 BACKOFF_MAX_SECS = 5.0
+
+
+def deregister(registry: Registry) -> None:
+    """registry.deregister(), logged instead of raised (a stopping worker)."""
+    try:
+        registry.deregister()
+    except redis.RedisError as exc:
+        metrics.REDIS_ERRORS.labels(op="register").inc()
+        logger.warning(
+            "worker %s: deregistration failed (%s); its entries expire",
+            registry.worker_id,
+            exc,
+        )
 
 
 class Dispatcher:
@@ -50,13 +69,22 @@ class Dispatcher:
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self._has_blmpop = True
+        self._watch: ClusterWatch | None = None
 
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._keep_registered)]
+        target = parse_redis_url(self.redis_url)
+        if target.kind == CLUSTER:
+            self._watch = ClusterWatch(list(target.nodes), self.hub, self.registry)
+            self._greenlets.append(gevent.spawn(self._watch.run))
 
     def stop(self) -> None:
+        """Stop popping and deregister: senders stop pushing to this worker."""
         self._stopping = True
         gevent.killall(self._greenlets, timeout=2)
+        if self._watch is not None:
+            self._watch.stop()
+        deregister(self.registry)
 
     def _run(self) -> None:
         retry = Backoff(0.1, BACKOFF_MAX_SECS, jitter=(0.5, 1.5))
@@ -65,7 +93,9 @@ class Dispatcher:
             client = self._client_factory()
             try:
                 client.ping()
-                if not self.hub.redis_ok:
+                # In a cluster, the watch decides when every master is back.
+                watch_degraded = self._watch is not None and self._watch.degraded
+                if not self.hub.redis_ok and not watch_degraded:
                     logger.info(
                         "worker %s: Redis is back; resuming wake-ups", self.worker_id
                     )
@@ -87,12 +117,14 @@ class Dispatcher:
                         self.worker_id,
                         exc,
                     )
-                self.hub.redis_ok = False
-                self.hub.forget_heads()
+                    self.hub.redis_ok = False
+                    # Polls already waiting would wait out their timeout for
+                    # a wake that cannot come: they re-read now, then every
+                    # second.
+                    self.hub.wake_all()
                 gevent.sleep(retry.failed())
             finally:
-                # close() leaves a pool it was given open: its socket would leak.
-                client.connection_pool.disconnect()
+                disconnect(client)
 
     def _pop(self, client: redis.Redis, key: str) -> list[bytes]:
         """Wait for wake-ups; a batch of them in one round trip (BLMPOP, Redis 7).
@@ -142,3 +174,6 @@ class Dispatcher:
             except redis.RedisError as exc:
                 metrics.REDIS_ERRORS.labels(op="register").inc()
                 logger.debug("worker %s: refresh failed: %s", self.worker_id, exc)
+                # A node that failed may come back empty (a cluster master
+                # restarted without persistence): the next polls register anew.
+                self.registry.forget_all()

@@ -9,6 +9,11 @@ CONN_REFRESH_SECS = 20
 CONN_TTL_SECS = 60
 # A dead worker's wake list expires this long after the last push to it.
 WAKE_LIST_TTL_SECS = 60
+# A wake list keeps at most this many items (LTRIM after each push): a worker
+# that is slow or gone cannot make Redis hold an unbounded list. Its dispatcher
+# pops up to 500 at a time, so a live worker never comes near it; an item
+# trimmed away only delays that poll until its next re-read.
+WAKE_LIST_MAX = 10_000
 
 
 def wake_list(worker_id: str) -> str:
@@ -109,3 +114,12 @@ LOGIN_KNOWN_ADDRESSES_TTL_SECS = 90 * 86_400
 
 def login_known_addresses(handle_digest: str) -> str:
     return f"login:known:{handle_digest}"
+
+
+# ---- background work -----------------------------------------------------------
+
+
+def sweep_lease(database: str) -> str:
+    """String: the worker sweeping one database's outboxes (workers/sweeper.py);
+    `database` is its host:port/db, never credentials."""
+    return f"sweep:lease:{database}"

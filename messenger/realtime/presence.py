@@ -47,7 +47,6 @@ class PresenceBoard:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._pop_stale = client.register_script(_POP_STALE)
 
     def touch(self, seen: Mapping[int, float]) -> list[int]:
         """Record poll activity (user → unix time) in one round trip.
@@ -74,12 +73,18 @@ class PresenceBoard:
     def pop_offline(self, cutoff: float) -> list[tuple[int, float]]:
         """Users announced online whose last activity is at or before cutoff,
         removed from the online sets; (user, last activity) each."""
+        # EVAL, not EVALSHA: a cluster pipeline sends each bucket's call to its
+        # node and could not load a script missing there; the text is small.
+        # (redis-py's ClusterPipeline.eval() is not the command: send it raw.)
         pipe = self.client.pipeline(transaction=False)
         for bucket in range(keys.PRESENCE_BUCKETS):
-            self._pop_stale(
-                keys=[keys.presence_online(bucket)],
-                args=[repr(cutoff), SWEEP_BATCH],
-                client=pipe,
+            pipe.execute_command(
+                "EVAL",
+                _POP_STALE,
+                1,
+                keys.presence_online(bucket),
+                repr(cutoff),
+                SWEEP_BATCH,
             )
         gone: list[tuple[int, float]] = []
         for popped in pipe.execute():
@@ -92,5 +97,10 @@ class PresenceBoard:
         ids = list(user_ids)
         if not ids:
             return {}
-        values = self.client.mget([keys.presence_seen(u) for u in ids])
+        # GETs in a pipeline, not one MGET: the users' keys lie in different
+        # Redis Cluster slots (a cluster pipeline sends one batch per node).
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.get(keys.presence_seen(user_id))
+        values = pipe.execute()
         return {u: float(v) for u, v in zip(ids, values, strict=True) if v is not None}

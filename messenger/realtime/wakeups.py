@@ -102,6 +102,18 @@ class Registry:
         if users:
             self._write(users, now)
 
+    def deregister(self) -> None:
+        """Remove this worker from every user it registered and drop its wake
+        list: a stopping worker stops receiving wakes at once instead of for
+        up to CONN_TTL_SECS. Redis errors are raised (the caller logs them)."""
+        ids = list(self._until)
+        self._until.clear()
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in ids:
+            pipe.zrem(keys.connections(user_id), self.worker_id)
+        pipe.delete(keys.wake_list(self.worker_id))
+        pipe.execute()
+
     def forget_all(self) -> None:
         """Redis may have lost everything (restart): register again on next use."""
         self._until.clear()
@@ -213,6 +225,7 @@ class Waker:
         for worker, items in targets.items():
             key = keys.wake_list(worker)
             pipe.rpush(key, *items)
+            pipe.ltrim(key, -keys.WAKE_LIST_MAX, -1)
             pipe.expire(key, keys.WAKE_LIST_TTL_SECS)
         pipe.execute()
         metrics.WAKES_SENT.inc(sum(len(v) for v in targets.values()))

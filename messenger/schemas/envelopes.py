@@ -173,7 +173,21 @@ class HealthOut(Schema):
     status = fields.String(required=True)
 
 
+class DatabaseReadyOut(Schema):
+    database = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("up", "down")))
+    directory = fields.Boolean(required=True)
+    shards = fields.Integer(required=True)
+
+
 class ReadyOut(Schema):
-    status = fields.String(required=True)
+    # "ok": everything answers; "degraded": this host serves, but a shard
+    # database is down (its users get 503s); "unavailable": it cannot serve.
+    status = fields.String(
+        required=True, validate=validate.OneOf(("ok", "degraded", "unavailable"))
+    )
+    node = fields.String()
+    redis = fields.String(validate=validate.OneOf(("up", "down")))
+    databases = fields.List(fields.Nested(DatabaseReadyOut))
     down = fields.List(fields.String())
     error = fields.Nested(ErrorBody)

@@ -1,9 +1,13 @@
 """Outbox rows → every recipient's event stream, then wake their polls.
 
-Fan-outs of one conversation run one at a time (an advisory lock on the
-conversation's database) and in outbox order, so each member's events follow the
-conversation's seq order. Every write is idempotent (mailbox primary key, event
-origin), so a replay after a crash inserts nothing twice.
+Fan-outs of one conversation read their outbox one at a time (an advisory lock
+on the conversation's database) and write in outbox order; each database's
+writes lock the members' counters first, and a fan-out writes every row not yet
+delivered to that database, so each member's events follow the conversation's
+seq order even when two fan-outs reach a database together. Progress is kept per
+recipient (outbox `delivered`): one server down delays only its own members.
+Every write is idempotent (mailbox primary key, event origin), so a replay after
+a crash inserts nothing twice.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import gevent
 
 from messenger import metrics, runtime
+from messenger.errors import Unavailable
 from messenger.models import Message
 from messenger.storage import events as event_store
 from messenger.storage.events import FanoutBatch, OutboxRow
@@ -32,39 +39,130 @@ _TOUCHING_EVENTS = frozenset({"conversation_updated", "member_added"})
 
 
 def fan_out(conversation_id: int) -> int:
-    """Deliver every pending outbox row of a conversation; returns how many.
+    """Deliver every pending outbox row of a conversation; returns how many rows
+    reached every recipient (and were deleted).
+
+    Server by server: the recipients on the conversation's own database first,
+    in the transaction that locks the conversation's fan-out; then each other
+    database at once and concurrently, each in its own transaction, its
+    progress recorded on the row (`delivered`). A database that is down or does
+    not answer within REMOTE_TIMEOUT_SECS is left for a later fan-out (the
+    sweeper's), while the members elsewhere get their events and their wakes
+    now. Writes are idempotent, so a fan-out cut between a remote commit and its
+    progress record inserts nothing twice when replayed.
 
     Raises:
-        Unavailable: a database needed is down (the sweeper retries later).
+        Unavailable: the conversation's own database is down (the sweeper
+            retries later).
     """
     rt = runtime.get()
     router = rt.router
     started = time.monotonic()
     conv_dsn = router.dsn_of(conversation_id)
+    conv_schema = router.schema_of(conversation_id)
     event_ids: dict[str, dict[int, int]] = {}
     with router.on_dsn(conv_dsn, "fanout") as cur:
-        cur.schema = router.schema_of(conversation_id)
+        cur.schema = conv_schema
         rows = event_store.pending_outbox(cur, conversation_id)
         if not rows:
             return 0
+        outbox_ids = [r.outbox_id for r in rows]
         plan = _by_database(router, rows)
-        for dsn in sorted(plan):
-            if dsn == conv_dsn:
-                _write(router, cur, plan[dsn], rows, event_ids)
-            else:
-                with router.on_dsn(dsn, "fanout_remote") as remote:
-                    _write(router, remote, plan[dsn], rows, event_ids)
-        cur.schema = router.schema_of(conversation_id)
-        event_store.delete_outbox(cur, [r.outbox_id for r in rows])
-    # Committed everywhere: wake, in outbox order (each member's ids ascend).
-    for row in rows:
-        if row.message is not None:
-            _wake_for_message(row.message, row.recipients, event_ids)
-        else:
-            rt.waker.wake_users(sorted(set(row.recipients)))
+        local = plan.pop(conv_dsn, None)
+        if local:
+            _write(router, cur, local, rows, event_ids)
+            cur.schema = conv_schema
+            event_store.mark_delivered(cur, conversation_id, outbox_ids, _users(local))
+        finished = event_store.delete_delivered(cur, outbox_ids)
+    if local:
+        _delivered(rt, rows, set(_users(local)), event_ids)
+    remotes = [
+        gevent.spawn(_fan_out_remote, rt, conv_dsn, conv_schema, dsn, plan[dsn], rows)
+        for dsn in sorted(plan)
+    ]
+    gevent.joinall(remotes)
+    finished += sum(g.value or 0 for g in remotes)
     metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
-    _after_fanout(rows)
-    return len(rows)
+    return finished
+
+
+# A remote database that has not taken a fan-out's writes within this long is
+# treated as down (its breaker opens): a server that accepts connections but
+# never answers (hung, SIGSTOPped) must not hold fan-outs, and the healthy
+# servers' connections they hold, for minutes.
+REMOTE_TIMEOUT_SECS = 5.0
+
+
+def _fan_out_remote(
+    rt: runtime.Runtime,
+    conv_dsn: str,
+    conv_schema: str,
+    dsn: str,
+    schemas: dict[str, set[int]],
+    rows: list[OutboxRow],
+) -> int:
+    """One other database's part of a fan-out; rows finished by it."""
+    router = rt.router
+    event_ids: dict[str, dict[int, int]] = {}
+    timer = gevent.Timeout(REMOTE_TIMEOUT_SECS)
+    timer.start()
+    try:
+        with router.on_dsn(dsn, "fanout_remote") as remote:
+            _write(router, remote, schemas, rows, event_ids)
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        logger.warning(
+            "fan-out to %s: no answer within %s s; left for the sweeper",
+            router.pools[dsn].label,
+            REMOTE_TIMEOUT_SECS,
+        )
+        return 0
+    except Unavailable as exc:
+        logger.info("fan-out to a database deferred: %s", exc.message)
+        return 0
+    finally:
+        timer.close()
+    users = _users(schemas)
+    outbox_ids = [r.outbox_id for r in rows]
+    try:
+        with router.on_dsn(conv_dsn, "fanout_progress") as cur:
+            cur.schema = conv_schema
+            event_store.mark_delivered(cur, rows[0].conversation_id, outbox_ids, users)
+            finished = event_store.delete_delivered(cur, outbox_ids)
+    except Unavailable:
+        # Delivered but not recorded: a replay writes nothing twice.
+        finished = 0
+    _delivered(rt, rows, set(users), event_ids)
+    return finished
+
+
+def _users(schemas: dict[str, set[int]]) -> list[int]:
+    return sorted({u for users in schemas.values() for u in users})
+
+
+def _delivered(
+    rt: runtime.Runtime,
+    rows: list[OutboxRow],
+    users: set[int],
+    event_ids: dict[str, dict[int, int]],
+) -> None:
+    """Wake the users whose streams just got these rows' events, in outbox order
+    (each member's ids ascend; a message's wake carries them: _wake_for_message),
+    and run the after-fan-out hooks (push) for them: each recipient once per row."""
+    for row in rows:
+        woken = sorted(set(row.undelivered) & users)
+        if row.message is not None:
+            _wake_for_message(row.message, woken, event_ids)
+        elif woken:
+            rt.waker.wake_users(woken)
+    _after_fanout(
+        [
+            replace(row, recipients=mine)
+            for row in rows
+            if (mine := tuple(u for u in row.undelivered if u in users))
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -169,10 +267,10 @@ def _wake_for_message(
 def _by_database(
     router: Router, rows: list[OutboxRow]
 ) -> dict[str, dict[str, set[int]]]:
-    """dsn → schema → recipients, over all rows."""
+    """dsn → schema → recipients not yet delivered, over all rows."""
     plan: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
     for row in rows:
-        for user_id in row.recipients:
+        for user_id in row.undelivered:
             plan[router.dsn_of(user_id)][router.schema_of(user_id)].add(user_id)
     return plan
 
@@ -191,9 +289,9 @@ def _write(
         batch.lock(schema, sorted(schemas[schema]))
     for row in rows:
         by_schema: dict[str, list[int]] = defaultdict(list)
-        for user_id in row.recipients:
+        for user_id in row.undelivered:
             schema = router.schema_of(user_id)
-            if schema in schemas:
+            if user_id in schemas.get(schema, ()):
                 by_schema[schema].append(user_id)
         for schema in sorted(by_schema):
             users = by_schema[schema]
@@ -234,11 +332,23 @@ def _after_fanout(rows: list[OutboxRow]) -> None:
             )
 
 
+# A request whose change is committed waits at most this long for its fan-out
+# before it answers; the fan-out carries on behind it (the sweeper finishes
+# whatever it could not). A healthy fan-out takes milliseconds, so clients see
+# their own events at once; a hung database never holds the answer.
+FANOUT_WAIT_SECS = 1.0
+
+
 def fan_out_quietly(conversation_id: int) -> None:
-    """fan_out for request paths: a failure is logged; the sweeper finishes it."""
+    """fan_out for request paths, after their commit: waits at most
+    FANOUT_WAIT_SECS for it; a failure is logged and the sweeper finishes it."""
+    gevent.spawn(_fan_out_logged, conversation_id).join(timeout=FANOUT_WAIT_SECS)
+
+
+def _fan_out_logged(conversation_id: int) -> None:
     try:
         fan_out(conversation_id)
-    except Exception:  # noqa: BLE001 - the message is already durable
+    except Exception:  # noqa: BLE001 - the change is already durable
         logger.warning(
             "conversation %s: fan-out deferred to the sweeper",
             conversation_id,

@@ -140,7 +140,7 @@ _PENDING = """
 SET LOCAL synchronous_commit TO off;
 SELECT pg_advisory_xact_lock(%(c)s);
 SELECT o.outbox_id, o.kind, o.seq, o.recipients, o.payload, o.created_at,
-       m.sender_id, m.client_msg_id, m.body, m.created_at
+       m.sender_id, m.client_msg_id, m.body, m.created_at, o.delivered
 FROM {s}.outbox o
 LEFT JOIN {s}.messages m
   ON o.kind = 'message' AND m.conversation_id = o.conversation_id AND m.seq = o.seq
@@ -150,6 +150,19 @@ FOR UPDATE OF o
 """
 
 _DELETE_OUTBOX = "DELETE FROM {s}.outbox WHERE outbox_id = ANY(%s)"
+
+# Progress of a fan-out done server by server (sql/shard/0040_outbox_progress.sql).
+# Under the conversation's fan-out lock, as _PENDING: whoever locks outbox rows
+# holds it first, so two fan-outs never lock them in different orders.
+_MARK_DELIVERED = """
+SELECT pg_advisory_xact_lock(%(c)s);
+UPDATE {s}.outbox
+SET delivered = ARRAY(SELECT DISTINCT unnest(delivered || %(u)s::bigint[]))
+WHERE outbox_id = ANY(%(ids)s) AND NOT recipients <@ delivered
+"""
+_DELETE_DELIVERED = """
+DELETE FROM {s}.outbox WHERE outbox_id = ANY(%s) AND recipients <@ delivered
+"""
 
 _INSERT_OUTBOX = """
 INSERT INTO {s}.outbox (conversation_id, kind, recipients, payload)
@@ -188,6 +201,13 @@ class OutboxRow:
     payload: dict[str, Any]
     created_at: datetime
     message: Message | None
+    # Recipients whose streams already hold this row's event (a fan-out that
+    # finished some servers and not others).
+    delivered: frozenset[int] = frozenset()
+
+    @property
+    def undelivered(self) -> tuple[int, ...]:
+        return tuple(u for u in self.recipients if u not in self.delivered)
 
 
 @dataclass(frozen=True)
@@ -334,6 +354,7 @@ def pending_outbox(cur: ShardCursor, conversation_id: int) -> list[OutboxRow]:
         cmid,
         body,
         msg_at,
+        delivered,
     ) in rows:
         message = None
         if kind == "message":
@@ -349,6 +370,7 @@ def pending_outbox(cur: ShardCursor, conversation_id: int) -> list[OutboxRow]:
                 payload or {},
                 created_at,
                 message,
+                frozenset(delivered or ()),
             )
         )
     return result
@@ -356,6 +378,23 @@ def pending_outbox(cur: ShardCursor, conversation_id: int) -> list[OutboxRow]:
 
 def delete_outbox(cur: ShardCursor, outbox_ids: list[int]) -> None:
     cur.run(_DELETE_OUTBOX, (outbox_ids,))
+
+
+def mark_delivered(
+    cur: ShardCursor, conversation_id: int, outbox_ids: list[int], user_ids: list[int]
+) -> None:
+    """Record that these users' streams hold the events of these outbox rows
+    (taking the conversation's fan-out lock, if not held yet)."""
+    cur.run(
+        _MARK_DELIVERED,
+        {"c": conversation_id, "ids": outbox_ids, "u": sorted(user_ids)},
+    )
+
+
+def delete_delivered(cur: ShardCursor, outbox_ids: list[int]) -> int:
+    """Delete the rows (of these) that reached every recipient; how many."""
+    cur.run(_DELETE_DELIVERED, (outbox_ids,))
+    return cur.rowcount
 
 
 def insert_outbox(

@@ -8,14 +8,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import gevent
 import gevent.lock
 import psycopg2
 import psycopg2.extensions
 
 from messenger import metrics
 from messenger.errors import Unavailable
+from messenger.storage.breaker import Breaker
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +27,24 @@ _DB_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 def describe_dsn(dsn: str) -> str:
-    """host:port/db of a DSN, without credentials (for logs and error messages)."""
+    """host:port/db of a DSN, without credentials (for logs and error messages).
+
+    A multi-host URI (`postgresql://u@a:5432,b:5433/db?target_session_attrs=…`,
+    the usual way to follow a primary across a failover) names every host:
+    `a:5432,b:5433/db`. urlsplit cannot read such a netloc's port, so the hosts
+    are split here.
+    """
     parts = urlsplit(dsn)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+    hosts = parts.netloc.rpartition("@")[2]
+    described = []
+    for host in hosts.split(",") if hosts else [""]:
+        if host.startswith("["):  # [::1]:5432
+            name, _, rest = host[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            name, _, port = host.partition(":")
+        described.append(f"{unquote(name) or 'localhost'}:{port or 5432}")
+    return f"{','.join(described)}{parts.path or '/'}"
 
 
 class ShardCursor(psycopg2.extensions.cursor):
@@ -69,8 +86,19 @@ class Pool:
         self.statement_timeout_ms = statement_timeout_ms
         self._slots = gevent.lock.BoundedSemaphore(size)
         self._idle: list[psycopg2.extensions.connection] = []
+        self.breaker = Breaker()
+
+    @property
+    def is_down(self) -> bool:
+        """Whether the last call to this database failed (its breaker is open)."""
+        return self.breaker.is_open
 
     def _connect(self) -> psycopg2.extensions.connection:
+        # libpq's connect_timeout does not apply to the asynchronous connect the
+        # gevent wait callback drives: a server that accepts TCP but never
+        # answers (stopped, SIGSTOPped) is bounded here instead.
+        timer = gevent.Timeout(self.connect_timeout_secs)
+        timer.start()
         try:
             conn = psycopg2.connect(
                 self.dsn,
@@ -92,6 +120,18 @@ class Pool:
                 str(exc).strip().splitlines()[0] if str(exc) else exc,
             )
             raise Unavailable(f"Database {self.label} did not answer.") from None
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            metrics.DB_ERRORS.labels(database=self.label).inc()
+            logger.warning(
+                "database %s: no answer to a connect within %s s",
+                self.label,
+                self.connect_timeout_secs,
+            )
+            raise Unavailable(f"Database {self.label} did not answer.") from None
+        finally:
+            timer.close()
         conn.autocommit = True
         return conn
 
@@ -103,6 +143,11 @@ class Pool:
             Unavailable: no connection within the checkout deadline, or the
                 database failed while in use.
         """
+        if not self.breaker.allow():
+            retry = max(1, round(self.breaker.retry_in_secs))
+            raise Unavailable(
+                f"Database {self.label} is down; try again.", retry_after=retry
+            )
         started = time.monotonic()
         if not self._slots.acquire(timeout=self.checkout_timeout_secs):
             metrics.DB_POOL_TIMEOUTS.labels(database=self.label).inc()
@@ -110,9 +155,22 @@ class Pool:
         metrics.DB_POOL_WAIT.observe(time.monotonic() - started)
         conn = None
         try:
-            conn = self._idle.pop() if self._idle else self._connect()
+            try:
+                conn = self._idle.pop() if self._idle else self._connect()
+            except Unavailable:
+                self.breaker.failed()
+                raise
             yield conn
+            self.breaker.succeeded()
         except _DB_ERRORS as exc:
+            # An error the server reported (a deadlock, a cancelled statement)
+            # says it is up; one without a SQLSTATE is the connection failing.
+            if getattr(exc, "pgcode", None) is None:
+                self.breaker.failed()
+                # The server went away (or restarted): the idle connections are
+                # as dead as this one. Left pooled, each would fail one more
+                # request and keep the breaker open, probe after probe.
+                self.close()
             self._discard(conn)
             conn = None
             metrics.DB_ERRORS.labels(database=self.label).inc()
@@ -122,9 +180,15 @@ class Pool:
                 str(exc).strip().splitlines()[0] if str(exc) else exc,
             )
             raise Unavailable(f"Database {self.label} did not answer.") from None
-        except BaseException:
+        except BaseException as exc:
             # Includes gevent timeouts and greenlet kills mid-query: the connection's
-            # state is unknown, so it is not reused.
+            # state is unknown, so it is not reused. A timeout means the server
+            # did not answer in time: a failure of the database, for the breaker.
+            if isinstance(exc, gevent.Timeout):
+                self.breaker.failed()
+            elif not isinstance(exc, Unavailable):
+                # An application error: the database answered.
+                self.breaker.succeeded()
             if conn is not None and not self._reset(conn):
                 conn = None
             raise

@@ -1,8 +1,11 @@
-"""Finish fan-outs a crash left undone, and trim events past retention.
+"""Finish fan-outs a crash or a database outage left undone, and trim events.
 
-Every gunicorn worker runs the sweep loop in a greenlet; they don't step on each
-other because a fan-out locks its conversation and deletes its outbox rows, so a
-second sweeper finds nothing to do. `messenger sweep` runs one pass by hand.
+Every gunicorn worker runs the sweep loop in a greenlet, but each database is
+swept by one worker at a time: the holder of its Redis lease (`sweep:lease:…`,
+renewed every pass, taken over by another worker when it lapses). Without
+Redis every worker sweeps every database, as before: redundant, not wrong,
+because a fan-out locks its conversation and records what it delivered.
+`messenger sweep` runs one pass by hand, over every database.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import gevent.event
+import redis
 
 from messenger import metrics
 from messenger.errors import Unavailable
+from messenger.realtime import keys
 from messenger.runtime import Runtime
 from messenger.services import fanout
 from messenger.storage import events as event_store
@@ -30,12 +35,53 @@ TRIM_EVERY_SECS = 3600.0
 _TRIM_LOCK_KEY = 7_302_115_002
 
 
-def sweep_once(rt: Runtime, older_than_secs: float = SWEEP_AFTER_SECS) -> int:
-    """Fan out every outbox row older than the given age; returns rows finished."""
+# A sweep lease outlives this many sweep intervals (at least LEASE_MIN_SECS), so
+# a holder that died is replaced that long after its last pass.
+LEASE_INTERVALS = 5
+LEASE_MIN_SECS = 10.0
+
+
+def hold_lease(client: redis.Redis, key: str, owner: str, ttl_secs: float) -> bool:
+    """Take or renew a lease; False while another owner holds it.
+
+    Redis unreachable: True (every worker sweeps; fan-outs are idempotent).
+    """
+    ttl_ms = max(1, int(ttl_secs * 1000))
+    try:
+        if client.set(key, owner, nx=True, px=ttl_ms):
+            return True
+        if client.get(key) != owner.encode():
+            return False
+        client.pexpire(key, ttl_ms)
+        return True
+    except redis.RedisError as exc:
+        metrics.REDIS_ERRORS.labels(op="sweep_lease").inc()
+        logger.debug("sweeper: lease %s unknown (%s); sweeping", key, exc)
+        return True
+
+
+def sweep_once(
+    rt: Runtime,
+    older_than_secs: float = SWEEP_AFTER_SECS,
+    *,
+    lease_owner: str | None = None,
+) -> int:
+    """Fan out every outbox row older than the given age; returns rows finished.
+
+    With a lease_owner, only the databases whose sweep lease it holds (or
+    takes) are swept; without, every database.
+    """
     router = rt.router
     finished = 0
     backlog = 0  # over every database: one gauge, not the last database's count
+    lease_secs = max(
+        LEASE_MIN_SECS, LEASE_INTERVALS * rt.settings.sweeper_interval_secs
+    )
     for dsn, shards in router.shard_map.shards_by_dsn().items():
+        if lease_owner is not None and not hold_lease(
+            rt.redis, keys.sweep_lease(router.pools[dsn].label), lease_owner, lease_secs
+        ):
+            continue
         try:
             with router.on_dsn(dsn, "sweep_scan", transaction=False) as cur:
                 stale = event_store.stale_outbox_across(
@@ -100,7 +146,7 @@ class SweepLoop:
             self.rt.settings.sweeper_interval_secs * random.uniform(0.75, 1.25)
         ):
             try:
-                sweep_once(self.rt)
+                sweep_once(self.rt, lease_owner=self.rt.worker_id)
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + TRIM_EVERY_SECS
                     trim_once(self.rt)

@@ -203,6 +203,7 @@ MATRIX = [
     # operations and the page: public, except the metrics
     Row("GET", "/healthz", "/healthz", (200,) * 5),
     Row("GET", "/readyz", "/readyz", (200,) * 5),
+    Row("GET", "/readyz/strict", "/readyz/strict", (200,) * 5),
     Row("GET", "/metrics", "/metrics", (401,) + (200,) * 4),
     Row("GET", "/v1/openapi.json", "/v1/openapi.json", (200,) * 5),
     Row("GET", "/", "/", (200,) * 5),

@@ -424,10 +424,16 @@ def test_dispatcher_marks_the_hub_degraded_until_redis_answers(
             with gevent.Timeout(5):
                 while hub.redis_ok:
                     gevent.sleep(0.01)
+            # Down: every held poll was woken to re-read at once, and waits a
+            # short while at a time from then on.
+            assert waiter.wait(0)
+            waiter.rearm()
+            assert not waiter.wait(10)  # cut to the degraded re-check
             reachable = True
             # Back: every held poll re-reads once, and its user is registered.
             with gevent.Timeout(10):
-                assert waiter.wait(10)
+                while not waiter.wait(10):
+                    pass
             assert hub.redis_ok
             assert redis.zscore(keys.connections(user_id), worker) is not None
         finally:

@@ -35,7 +35,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(services: Services, settings: Any) -> Iterator[Stack]:
+def stack(
+    services: Services, settings: Any, in_process_sweeper_paused: None
+) -> Iterator[Stack]:
     # Inside the session's folder: removed with it, and stopped by the next run
     # if this one is killed outright.
     servers = LocalServers(
@@ -134,8 +136,14 @@ def test_a_stopped_shard_database_fails_only_what_needs_it(stack: Stack) -> None
         )
         assert_unavailable(get(api, down, "/v1/conversations"))
         assert time.monotonic() - started < 5
+        # The host still serves (the directory and Redis answer): /readyz
+        # stays 200 and names the database down; the strict check fails.
         ready = requests.get(api.url + "/readyz", timeout=10)
-        assert ready.status_code == 503 and "database" in ready.text
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "degraded"
+        assert [d["status"] for d in ready.json()["databases"]] == ["up", "down"]
+        strict = requests.get(api.url + "/readyz/strict", timeout=10)
+        assert strict.status_code == 503 and "database" in strict.text
         # Everything else keeps working.
         assert api.send(up, healthy, "still here").status_code == 201
         assert [e["message"]["body"] for e in events_of(api, up2, cursors[up2.id])] == [
@@ -163,7 +171,7 @@ def test_a_stopped_shard_database_fails_only_what_needs_it(stack: Stack) -> None
     ]
     assert bodies == ["for later"]  # the sweeper finished the fan-out
     assert get(api, down, "/v1/conversations").status_code == 200
-    assert requests.get(api.url + "/readyz", timeout=10).status_code == 200
+    assert requests.get(api.url + "/readyz/strict", timeout=10).status_code == 200
 
 
 def test_a_stopped_redis_degrades_and_recovers(stack: Stack) -> None:
