@@ -94,7 +94,9 @@ def _after(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule else "unmatched"
     duration = time.monotonic() - g.get("started", time.monotonic())
     metrics.REQUESTS.labels(
-        route=route, method=request.method, status=str(response.status_code)
+        route=route,
+        method=metrics.method_label(request.method),
+        status=str(response.status_code),
     ).inc()
     metrics.REQUEST_SECONDS.labels(route=route).observe(duration)
     extra: dict[str, Any] = {
