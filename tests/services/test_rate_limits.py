@@ -152,6 +152,31 @@ def test_registrations_are_limited_per_address(client: Any, limits: Any) -> None
     assert int(r.headers["Retry-After"]) > 60  # an hour's window
 
 
+def test_an_ipv6_slash_64_counts_as_one_address(client: Any, limits: Any) -> None:
+    # One subscriber gets a whole /64: one address each request must not reset
+    # the budget.
+    limits("register=2/1h")
+    prefix = f"2001:db8:{secrets.randbelow(65535):x}:{secrets.randbelow(65535):x}"
+
+    def register(host: str) -> Any:
+        body = {"handle": "rl6_" + secrets.token_hex(5), "password": "long enough"}
+        return client.post(
+            "/v1/users", json=body, environ_base={"REMOTE_ADDR": f"{prefix}:{host}"}
+        )
+
+    assert register("0:0:0:1").status_code == 201
+    assert register("1:2:3:4").status_code == 201
+    assert_limited(register("dead:beef:0:7"))
+    # The next /64 is another subscriber.
+    other = {"REMOTE_ADDR": f"2001:db8:ffff:{secrets.randbelow(65535):x}::1"}
+    r = client.post(
+        "/v1/users",
+        json={"handle": "rl6_" + secrets.token_hex(5), "password": "long enough"},
+        environ_base=other,
+    )
+    assert r.status_code == 201
+
+
 def test_off_disables_every_limit(
     client: Any, make_user: Any, chat: Any, limits: Any
 ) -> None:
