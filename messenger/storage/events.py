@@ -84,12 +84,13 @@ ORDER BY e.event_id
 
 _HEAD = "SELECT last_event_id FROM {s}.user_state WHERE user_id = %s"
 
-# The fan-out transaction on the conversation's database commits without waiting
-# for its WAL flush: if a crash loses it, the outbox rows it deleted come back
-# too, and the sweeper replays them (idempotently). Work on other databases is
-# committed synchronously before the outbox rows are deleted here.
+# The fan-out transaction on the conversation's database commits durably (the
+# server's synchronous_commit, on by default): its commit makes the events of
+# that database's recipients visible, and a poll may hand them out at once. An
+# asynchronous commit lost in a crash would take back events a client already
+# saw, and their ids would go to other events (issue 14). Work on other
+# databases is committed before the outbox rows are deleted here.
 _PENDING = """
-SET LOCAL synchronous_commit TO off;
 SELECT pg_advisory_xact_lock(%(c)s);
 SELECT o.outbox_id, o.kind, o.seq, o.recipients, o.payload, o.created_at,
        m.sender_id, m.client_msg_id, m.body, m.created_at
