@@ -385,6 +385,10 @@ class EmbeddedPostgres(Server):
             "timezone = 'UTC'\n"
             "log_timezone = 'UTC'\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
+            # An error's log entry quotes its statement by default, and a send's
+            # statement holds the message body: log no message bodies.
+            "log_min_error_statement = 'panic'\n"
+            "log_parameter_max_length_on_error = 0\n"
         )
         path = cluster / "messenger.conf"
         try:
