@@ -115,6 +115,15 @@ def _read_rate_limits(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
     return text
 
 
+def _read_dns_server(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    text = raw.strip()
+    if text and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(:\d{1,5})?$", text):
+        raise ConfigError(
+            f"{name} must be an IP address with an optional :port, not {text[:40]!r}."
+        )
+    return text
+
+
 def _read_log_level(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
     return raw.upper()
 
@@ -268,6 +277,13 @@ class Settings:
     )
     push_allow_private: bool = setting(
         False, "`1` allows webhook URLs on loopback/private addresses"
+    )
+    push_dns_server: str = setting(
+        "",
+        "`host` or `host:port` of the DNS server webhook host names are looked up "
+        "at (asynchronously, never on the password-hashing threads)",
+        shown="– (the system's, /etc/resolv.conf)",
+        read=_read_dns_server,
     )
     push_coalesce_secs: float = setting(
         3.0,
