@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, g, request
@@ -10,6 +11,7 @@ from marshmallow import Schema
 from messenger import runtime
 from messenger.api.auth import authenticated
 from messenger.api.operation import operation
+from messenger.models import Message
 from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.events import event_json, events_query
@@ -50,9 +52,32 @@ def poll() -> Any:
         # gunicorn exposes the client's socket: a hang-up then ends the poll.
         sock=request.environ.get("gunicorn.socket"),
     )
-    body = {
-        "events": [event_json(e) for e in result.events] + result.ephemeral,
-        "cursor": result.cursor,
-        "more": result.more,
-    }
-    return body
+    rendered, cursor, more = _bounded(result)
+    return {"events": rendered + result.ephemeral, "cursor": cursor, "more": more}
+
+
+# 500 events of 4,000 astral characters are 8 MB of JSON (24 MB escaped), encoded
+# on the worker's event loop while its other requests wait. An answer stops
+# after the event that takes it past this many bytes (the first event always
+# goes), with `more: true`; the client polls again at once.
+POLL_ANSWER_MAX_BYTES = 1 << 20
+# What a message event weighs besides its body (ids, times, field names).
+_MESSAGE_EVENT_OVERHEAD_BYTES = 256
+
+
+def _bounded(result: events.PollResult) -> tuple[list[dict[str, Any]], str, bool]:
+    """The poll's events as JSON, cut at POLL_ANSWER_MAX_BYTES, with the cursor
+    after the last one kept and whether more are waiting."""
+    rendered: list[dict[str, Any]] = []
+    size = 0
+    for event in result.events:
+        if size >= POLL_ANSWER_MAX_BYTES:
+            return rendered, str(result.events[len(rendered) - 1].event_id), True
+        as_json = event_json(event)
+        message = event.fields.get("message")
+        if isinstance(message, Message):
+            size += len(message.body.encode()) + _MESSAGE_EVENT_OVERHEAD_BYTES
+        else:
+            size += len(json.dumps(as_json, ensure_ascii=False, default=str).encode())
+        rendered.append(as_json)
+    return rendered, result.cursor, result.more

@@ -279,3 +279,33 @@ def test_ephemeral_events_are_gathered_but_never_delay_a_message(
     assert time.monotonic() - started >= poll_service.EPHEMERAL_LINGER_SECS * 0.9
     assert [e["type"] for e in page["events"]] == ["typing"]
     assert page["cursor"] == cursor
+
+
+def test_a_large_answer_stops_early_by_bytes_and_writes_utf8(
+    client: Any, make_user: Any, chat: Any
+) -> None:
+    # 500 events of 4,000 astral characters made a 24 MB answer (each character
+    # escaped as 12 bytes), encoded on the worker's event loop.
+    from messenger.api.events import POLL_ANSWER_MAX_BYTES
+
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cursor = chat.head(bob)
+    body = "\U0001f600" * 4000  # 16,000 bytes of UTF-8
+    count = POLL_ANSWER_MAX_BYTES // 16_000 + 20
+    for _ in range(count):
+        chat.send(alice, cid, body)
+    r = client.get(
+        f"/v1/events?after={cursor}&timeout=0&limit=500", headers=bob.headers
+    )
+    raw = r.get_data()
+    assert r.status_code == 200
+    assert b"\\ud83d" not in raw and "\U0001f600".encode() in raw
+    first = r.get_json()
+    assert first["more"] is True
+    assert len(raw) < POLL_ANSWER_MAX_BYTES + 64_000, len(raw)
+    assert 0 < len(first["events"]) < count
+    assert first["cursor"] == str(first["events"][-1]["id"])
+    rest, _ = chat.drain(bob, first["cursor"])
+    seqs = [e["message"]["seq"] for e in first["events"] + rest]
+    assert seqs == list(range(1, count + 1))  # nothing skipped or repeated
