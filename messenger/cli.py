@@ -71,7 +71,7 @@ def cmd_sweep(settings: Settings) -> int:
 def cmd_trim(settings: Settings, days: int | None) -> int:
     from messenger.workers import sweeper
 
-    touched = sweeper.trim_once(_runtime(settings), days)
+    touched = sweeper.trim_once(_runtime(settings), days, progress=_say)
     _say(f"trim-events: trimmed the streams of {touched} users")
     return 0
 
