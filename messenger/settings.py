@@ -228,6 +228,13 @@ class Settings:
     db_statement_timeout_ms: int = setting(
         15_000, "PostgreSQL `statement_timeout`", lo=100, hi=600_000
     )
+    search_timeout_ms: int = setting(
+        2_000,
+        "a search's own statement timeout: a query too broad to finish in it "
+        "answers 422",
+        lo=50,
+        hi="db_statement_timeout_ms",
+    )
     redis_pool_size: int = setting(
         200,
         "Redis connections per worker (the dispatcher has its own)",
@@ -404,6 +411,9 @@ RATE_LIMIT_DEFAULTS: Mapping[str, DefaultRateLimit] = {
     ),
     "conversation": DefaultRateLimit(
         RateLimit(30, 60), "user", "creating conversations"
+    ),
+    "search": DefaultRateLimit(
+        RateLimit(30, 60), "user", "searches that read a whole mailbox each"
     ),
     "register": DefaultRateLimit(
         RateLimit(20, 3600), "client address", "account farming"
