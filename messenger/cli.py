@@ -20,12 +20,12 @@ def _say(text: str) -> None:
     print(f"messenger: {text}", flush=True)
 
 
-def _progress(done: int, total: int, label: str) -> None:
+def _progress(done: int, total: int, label: str, title: str = "migrate") -> None:
     width = 30
     filled = int(width * done / total) if total else width
     end = "\n" if done == total else ""
     sys.stdout.write(
-        f"\rmigrate [{'#' * filled}{'.' * (width - filled)}] "
+        f"\r{title} [{'#' * filled}{'.' * (width - filled)}] "
         f"{done}/{total} {label:<12}{end}"
     )
     sys.stdout.flush()
@@ -74,6 +74,41 @@ def cmd_trim(settings: Settings, days: int | None) -> int:
     touched = sweeper.trim_once(_runtime(settings), days, progress=_say)
     _say(f"trim-events: trimmed the streams of {touched} users")
     return 0
+
+
+def cmd_push_dlq(settings: Settings, action: str, limit: int) -> int:
+    """List or replay dead-lettered push jobs (workers/push_queue.py)."""
+    import redis
+
+    from messenger.realtime import keys
+    from messenger.workers import push_queue
+
+    client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=10)
+    try:
+        waiting = int(client.llen(keys.PUSH_DEAD))  # type: ignore[arg-type]
+        if action == "list":
+            _say(f"push-dlq: {waiting} dead-lettered jobs (newest first)")
+            for raw, job in push_queue.dead_letters(client, limit):
+                if job is None:
+                    print(f"  (not a job) {raw[:120]!r}")
+                    continue
+                device = "every device" if job.device_id is None else job.device_id
+                print(
+                    f"  job {job.job_id}: user {job.user_id}, conversation "
+                    f"{job.conversation_id}, {len(job.messages)} messages, "
+                    f"device {device}, attempts {job.attempt}: {job.error or '-'}"
+                )
+            return 0
+        _say(f"push-dlq: replaying up to {min(limit, waiting)} of {waiting} jobs")
+        moved = push_queue.replay_dead(
+            client,
+            limit,
+            lambda done, total: _progress(done, total, "jobs", "push-dlq replay"),
+        )
+        _say(f"push-dlq: {moved} jobs queued again")
+        return 0
+    finally:
+        client.close()
 
 
 def cmd_push_worker(settings: Settings) -> int:
@@ -237,6 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         "push-worker",
         help="deliver push notifications to offline users' devices (until SIGTERM)",
     )
+    dlq = sub.add_parser(
+        "push-dlq", help="list or replay push jobs that failed their last attempt"
+    )
+    dlq.add_argument("action", choices=("list", "replay"))
+    dlq.add_argument(
+        "--limit", type=int, default=100, help="at most this many jobs (default 100)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = load()
@@ -255,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_trim(settings, args.days)
         if args.command == "push-worker":
             return cmd_push_worker(settings)
+        if args.command == "push-dlq":
+            return cmd_push_dlq(settings, args.action, max(1, args.limit))
     except ConfigError as exc:
         print(f"messenger: configuration error: {exc}", file=sys.stderr)
         return 2
