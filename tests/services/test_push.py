@@ -760,3 +760,30 @@ def test_worker_killed_mid_job_is_requeued_and_delivered(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_queue_is_bounded_and_each_user_has_a_share(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    redis: Any,
+    monkeypatch: Any,
+) -> None:
+    # An unbounded queue: one user in many busy conversations filled it for all.
+    monkeypatch.setattr(push, "PUSH_USER_BATCHES_MAX", 2)
+    monkeypatch.setattr(push, "PUSH_BATCHES_MAX", 4)
+    alice, bob, carol, dave = make_user(), make_user(), make_user(), make_user()
+    for user in (bob, carol, dave):
+        add_device(client, user, receiver.url())
+    for n in range(4):  # four conversations with bob: only two batches
+        chat.send(alice, chat.group(alice, [bob], title=f"b{n}"), "for bob")
+    chat.send(alice, chat.direct(alice, carol), "for carol")
+    due = {m.decode().split(":")[0] for m in redis.zrange(keys.PUSH_DUE, 0, -1)}
+    assert redis.zcard(keys.PUSH_DUE) == 3 and str(carol.id) in due
+    chat.send(alice, chat.direct(alice, dave), "for dave")
+    chat.send(dave, chat.direct(dave, carol), "to carol, a new batch")
+    assert redis.zcard(keys.PUSH_DUE) == 4  # the bound
+    # Dropped batches leave no pending messages behind.
+    pending = list(redis.scan_iter(match="{push}:pending:*"))
+    assert len(pending) == 4
