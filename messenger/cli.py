@@ -154,9 +154,17 @@ def _stop_child(proc: subprocess.Popen[bytes] | None, timeout_secs: float) -> No
 
 def _local_servers(settings: Settings):  # type: ignore[no-untyped-def]
     from messenger.embedded import LocalServers
+    from messenger.embedded.accounts import postgres_account
 
+    data_dir = settings.data_dir.resolve()
+    # Private: it holds every message and the servers' passwords. As root,
+    # PostgreSQL runs as the postgres user, who must be able to pass through
+    # (not list) it to reach its cluster.
+    mode = 0o711 if postgres_account() is not None else 0o700
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(mode)
     return LocalServers(
-        settings.data_dir.resolve(),
+        data_dir,
         pg_port=settings.embedded_pg_port,
         redis_port=settings.embedded_redis_port,
         log=_say,
