@@ -55,6 +55,12 @@ from messenger.bench.stack import REPO_ROOT, Stack
 from messenger.embedded import free_port
 
 POLL_TIMEOUT_SECS = 20
+# soak: members per group, messages per second (a trickle), and the pause
+# between starting two polls (10,000 polls opened at once are a thundering
+# herd of reads and presence announcements, not a soak).
+GROUP_SIZE = 10
+SOAK_SEND_INTERVAL_SECS = 0.5
+POLL_START_STAGGER_SECS = 0.002
 # A client's retry of a failed send or poll waits this long (bounded tries).
 CLIENT_RETRY_SECS = 0.5
 SEND_TRIES_MAX = 240  # at 0.5 s: two minutes of outage at most
@@ -229,8 +235,8 @@ def soak(quick: bool) -> int:
         users = make_users(api, users_count, "soak")
         ledger = Ledger()
         groups = []
-        for start in range(0, users_count, 50):
-            members = users[start : start + 50]
+        for start in range(0, users_count, GROUP_SIZE):
+            members = users[start : start + GROUP_SIZE]
             conversation_id = api.group(members[0], members[1:], "soak")
             ledger.members[conversation_id] = [u.user_id for u in members]
             groups.append((conversation_id, members[0]))
@@ -239,6 +245,7 @@ def soak(quick: bool) -> int:
         errors = [0]
         pollers = []
         for user in users:
+            gevent.sleep(POLL_START_STAGGER_SECS * polls_per_user)
             # One chain records; the others are held polls like other devices.
             pollers.append(
                 gevent.spawn(
@@ -263,7 +270,7 @@ def soak(quick: bool) -> int:
                         errors,
                     )
                 )
-        gevent.sleep(3)
+        gevent.sleep(5)
         rss_start = worker_rss_mb(stack)
         say(
             f"[soak] {len(pollers)} polls held; RSS per worker at start (MB): "
@@ -276,7 +283,7 @@ def soak(quick: bool) -> int:
             conversation_id, sender = groups[sent % len(groups)]
             if send_until_acknowledged(api, ledger, sender, conversation_id, "tick"):
                 sent += 1
-            gevent.sleep(0.2)  # a trickle: five messages a second
+            gevent.sleep(SOAK_SEND_INTERVAL_SECS)
             if time.monotonic() >= next_report:
                 progress("soak", started, secs, f"{sent} sent, errors {errors[0]}")
                 next_report += 10
