@@ -40,6 +40,7 @@ import gevent.pool
 import psutil
 from gevent.pywsgi import WSGIServer
 
+from messenger.backoff import Backoff
 from messenger.bench.client import (
     Api,
     ApiFailure,
@@ -48,6 +49,7 @@ from messenger.bench.client import (
     User,
     events_path,
     raise_open_file_limit,
+    retry_after_secs,
     run_bounded,
     unique_suffix,
 )
@@ -60,7 +62,7 @@ POLL_TIMEOUT_SECS = 20
 # herd of reads and presence announcements, not a soak).
 GROUP_SIZE = 10
 SOAK_SEND_INTERVAL_SECS = 0.5
-POLL_START_STAGGER_SECS = 0.002
+POLL_START_STAGGER_SECS = 0.006
 # A client's retry of a failed send or poll waits this long (bounded tries).
 CLIENT_RETRY_SECS = 0.5
 SEND_TRIES_MAX = 240  # at 0.5 s: two minutes of outage at most
@@ -155,6 +157,9 @@ def poll_chain(
 ) -> str:
     """Poll after cursor until stop (recording what arrives); the last cursor."""
     conn = Connection(port, timeout_secs=POLL_TIMEOUT_SECS + 30)
+    # Like a well-behaved client: after a failure, back off (doubling, jittered,
+    # honouring Retry-After); a fixed short retry from 10,000 polls is a storm.
+    retry = Backoff(CLIENT_RETRY_SECS, 30.0, jitter=(0.5, 1.0))
     try:
         while not stop.is_set():
             try:
@@ -165,12 +170,13 @@ def poll_chain(
                 errors[0] += 1
                 conn.close()
                 conn = Connection(port, timeout_secs=POLL_TIMEOUT_SECS + 30)
-                stop.wait(CLIENT_RETRY_SECS)
+                stop.wait(retry.failed())
                 continue
             if r.status != 200:
                 errors[0] += 1
-                stop.wait(CLIENT_RETRY_SECS)
+                stop.wait(retry.failed(retry_after_secs(r)))
                 continue
+            retry.reset()
             page = r.json()
             if ledger is not None:
                 ledger.record(user.user_id, page["events"])
