@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-topology cluster cluster-down lint bench bench-quick fuzz clean
+.PHONY: run test test-fast test-topology cluster cluster-down lint bench bench-quick fuzz soak soak-quick chaos chaos-short clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,22 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m messenger.bench --quick --json bench-results/bench-quick.json --html bench-results/bench-quick.html $(ARGS)
+
+# Reliability runs that print their figures (messenger/bench/faults.py): `soak`
+# holds 10,000 polls for 10 minutes (not in CI; CI runs soak-quick, about a
+# minute); `chaos` kills a worker, the push worker, Redis and PostgreSQL under
+# load (CI runs chaos-short).
+soak: $(STAMP)
+	$(BIN)/python -m messenger.bench.faults soak
+
+soak-quick: $(STAMP)
+	$(BIN)/python -m messenger.bench.faults soak --quick
+
+chaos: $(STAMP)
+	$(BIN)/python -m messenger.bench.faults chaos
+
+chaos-short: $(STAMP)
+	$(BIN)/python -m messenger.bench.faults chaos --short
 
 # The schemathesis run of CI (tests/api/test_fuzz.py), with many more examples per
 # operation: FUZZ_MAX_EXAMPLES=2000 make fuzz for a night's run.

@@ -49,6 +49,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SECRET_KEY"] = settings.secret_key
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
+    # UTF-8 as it is: escaping non-ASCII triples the bytes of most scripts (an
+    # astral character is 12 bytes as two \u escapes, 4 as itself). Lone
+    # surrogates, which can't be written as UTF-8, never get in (schemas.base).
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     # Bearer tokens, never cookies: skip Flask's signed-cookie session per request.
     app.session_interface = _NoSessions()
     if settings.trusted_proxies:
@@ -94,7 +98,9 @@ def _after(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule else "unmatched"
     duration = time.monotonic() - g.get("started", time.monotonic())
     metrics.REQUESTS.labels(
-        route=route, method=request.method, status=str(response.status_code)
+        route=route,
+        method=metrics.method_label(request.method),
+        status=str(response.status_code),
     ).inc()
     metrics.REQUEST_SECONDS.labels(route=route).observe(duration)
     extra: dict[str, Any] = {

@@ -19,12 +19,12 @@ def _say(text: str) -> None:
     print(f"messenger: {text}", flush=True)
 
 
-def _progress(done: int, total: int, label: str) -> None:
+def _progress(done: int, total: int, label: str, title: str = "migrate") -> None:
     width = 30
     filled = int(width * done / total) if total else width
     end = "\n" if done == total else ""
     sys.stdout.write(
-        f"\rmigrate [{'#' * filled}{'.' * (width - filled)}] "
+        f"\r{title} [{'#' * filled}{'.' * (width - filled)}] "
         f"{done}/{total} {label:<12}{end}"
     )
     sys.stdout.flush()
@@ -70,9 +70,44 @@ def cmd_sweep(settings: Settings) -> int:
 def cmd_trim(settings: Settings, days: int | None) -> int:
     from messenger.workers import sweeper
 
-    touched = sweeper.trim_once(_runtime(settings), days)
+    touched = sweeper.trim_once(_runtime(settings), days, progress=_say)
     _say(f"trim-events: trimmed the streams of {touched} users")
     return 0
+
+
+def cmd_push_dlq(settings: Settings, action: str, limit: int) -> int:
+    """List or replay dead-lettered push jobs (workers/push_queue.py)."""
+    import redis
+
+    from messenger.realtime import keys
+    from messenger.workers import push_queue
+
+    client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=10)
+    try:
+        waiting = int(client.llen(keys.PUSH_DEAD))  # type: ignore[arg-type]
+        if action == "list":
+            _say(f"push-dlq: {waiting} dead-lettered jobs (newest first)")
+            for raw, job in push_queue.dead_letters(client, limit):
+                if job is None:
+                    print(f"  (not a job) {raw[:120]!r}")
+                    continue
+                device = "every device" if job.device_id is None else job.device_id
+                print(
+                    f"  job {job.job_id}: user {job.user_id}, conversation "
+                    f"{job.conversation_id}, {len(job.messages)} messages, "
+                    f"device {device}, attempts {job.attempt}: {job.error or '-'}"
+                )
+            return 0
+        _say(f"push-dlq: replaying up to {min(limit, waiting)} of {waiting} jobs")
+        moved = push_queue.replay_dead(
+            client,
+            limit,
+            lambda done, total: _progress(done, total, "jobs", "push-dlq replay"),
+        )
+        _say(f"push-dlq: {moved} jobs queued again")
+        return 0
+    finally:
+        client.close()
 
 
 def cmd_push_worker(settings: Settings) -> int:
@@ -142,9 +177,17 @@ def _stop_child(proc: subprocess.Popen[bytes] | None, timeout_secs: float) -> No
 
 def _local_servers(settings: Settings):  # type: ignore[no-untyped-def]
     from messenger.embedded import LocalServers
+    from messenger.embedded.accounts import postgres_account
 
+    data_dir = settings.data_dir.resolve()
+    # Private: it holds every message and the servers' passwords. As root,
+    # PostgreSQL runs as the postgres user, who must be able to pass through
+    # (not list) it to reach its cluster.
+    mode = 0o711 if postgres_account() is not None else 0o700
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(mode)
     return LocalServers(
-        settings.data_dir.resolve(),
+        data_dir,
         pg_port=settings.embedded_pg_port,
         redis_port=settings.embedded_redis_port,
         log=_say,
@@ -331,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MESSENGER_X=VALUE",
         help="up: a setting for every host (repeatable)",
     )
+    dlq = sub.add_parser(
+        "push-dlq", help="list or replay push jobs that failed their last attempt"
+    )
+    dlq.add_argument("action", choices=("list", "replay"))
+    dlq.add_argument(
+        "--limit", type=int, default=100, help="at most this many jobs (default 100)"
+    )
     args = parser.parse_args(argv)
     if args.command == "doctor":
         from messenger import doctor
@@ -364,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_trim(settings, args.days)
         if args.command == "push-worker":
             return cmd_push_worker(settings)
+        if args.command == "push-dlq":
+            return cmd_push_dlq(settings, args.action, max(1, args.limit))
     except ConfigError as exc:
         print(f"messenger: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -92,7 +92,8 @@ PUSH_ENQUEUED = Counter(
 )
 PUSH_DELIVERIES = Counter(
     "messenger_push_deliveries_total",
-    "Push attempts by outcome: delivered, gone, retry, dead, no_device.",
+    "Push attempts by outcome: delivered, gone, retry, dead, no_device, deferred "
+    "(a user or host at its cap), dropped (queue or user share full).",
     ["outcome"],
 )
 RATE_LIMITED = Counter(
@@ -121,3 +122,15 @@ def exposition(multiprocess_dir: str | None) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# Any token is a method to the HTTP parser: an unauthenticated client sending
+# "GET1", "GET2", ... would add a labelled series per request, without bound.
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+def method_label(method: str) -> str:
+    """The HTTP method as a metrics label: a standard method, else "other"."""
+    return method if method in _KNOWN_METHODS else "other"

@@ -125,6 +125,15 @@ def _read_rate_limits(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
     return text
 
 
+def _read_dns_server(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    text = raw.strip()
+    if text and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(:\d{1,5})?$", text):
+        raise ConfigError(
+            f"{name} must be an IP address with an optional :port, not {text[:40]!r}."
+        )
+    return text
+
+
 def _read_log_level(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
     return raw.upper()
 
@@ -244,6 +253,13 @@ class Settings:
     db_statement_timeout_ms: int = setting(
         15_000, "PostgreSQL `statement_timeout`", lo=100, hi=600_000
     )
+    search_timeout_ms: int = setting(
+        2_000,
+        "a search's own statement timeout: a query too broad to finish in it "
+        "answers 422",
+        lo=50,
+        hi="db_statement_timeout_ms",
+    )
     redis_pool_size: int = setting(
         200,
         "Redis connections per worker (the dispatcher has its own)",
@@ -293,6 +309,13 @@ class Settings:
     )
     push_allow_private: bool = setting(
         False, "`1` allows webhook URLs on loopback/private addresses"
+    )
+    push_dns_server: str = setting(
+        "",
+        "`host` or `host:port` of the DNS server webhook host names are looked up "
+        "at (asynchronously, never on the password-hashing threads)",
+        shown="– (the system's, /etc/resolv.conf)",
+        read=_read_dns_server,
     )
     push_coalesce_secs: float = setting(
         3.0,
@@ -413,6 +436,9 @@ RATE_LIMIT_DEFAULTS: Mapping[str, DefaultRateLimit] = {
     ),
     "conversation": DefaultRateLimit(
         RateLimit(30, 60), "user", "creating conversations"
+    ),
+    "search": DefaultRateLimit(
+        RateLimit(30, 60), "user", "searches that read a whole mailbox each"
     ),
     "register": DefaultRateLimit(
         RateLimit(20, 3600), "client address", "account farming"

@@ -53,22 +53,47 @@ def poll() -> Any:
     return _answer(result)
 
 
+# 500 events of 4,000 astral characters are 8 MB of JSON (24 MB escaped), encoded
+# on the worker's event loop while its other requests wait. An answer stops
+# after the event that takes it past this many bytes (the first event always
+# goes), with `more: true`; the client polls again at once.
+POLL_ANSWER_MAX_BYTES = 1 << 20
+
+
 def _answer(result: events.PollResult) -> Response:
     """The poll's JSON, assembled from pre-encoded parts: events the wake
     delivered arrive as JSON already (the same shape event_json gives)."""
-    parts = result.encoded + [
-        _dumps(item)
-        for item in [event_json(e) for e in result.events] + result.ephemeral
-    ]
+    parts, cursor, more = _bounded(result)
+    parts += [_dumps(item) for item in result.ephemeral]
     # A newline at the end, as Flask's own JSON answers (curl output stays lines).
     body = b'{"events":[%s],"cursor":"%s","more":%s}\n' % (
         b",".join(parts),
-        result.cursor.encode(),
-        b"true" if result.more else b"false",
+        cursor.encode(),
+        b"true" if more else b"false",
     )
     return Response(body, mimetype="application/json")
 
 
+def _bounded(result: events.PollResult) -> tuple[list[bytes], str, bool]:
+    """The stored events as JSON, cut at POLL_ANSWER_MAX_BYTES, with the cursor
+    after the last one kept and whether more are waiting."""
+    if result.encoded:
+        # Delivered by the wakes: the ids right after the poll's cursor, no gaps.
+        first_id = int(result.cursor) - len(result.encoded) + 1
+        pairs = [(first_id + i, part) for i, part in enumerate(result.encoded)]
+    else:
+        pairs = [(e.event_id, _dumps(event_json(e))) for e in result.events]
+    parts: list[bytes] = []
+    size = 0
+    for index, (_, part) in enumerate(pairs):
+        if size >= POLL_ANSWER_MAX_BYTES:
+            return parts, str(pairs[index - 1][0]), True
+        parts.append(part)
+        size += len(part)
+    return parts, result.cursor, result.more
+
+
 def _dumps(value: Any) -> bytes:
-    # Flask's provider, as a dict answer would be written (compact, keys in order).
+    # Flask's provider, as a dict answer would be written (compact, keys in
+    # order, non-ASCII as UTF-8).
     return current_app.json.dumps(value).encode()

@@ -3,6 +3,8 @@ bounds on how long a slow client may keep a greenlet reading its request."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import gevent
 from flask import Flask, current_app, g, request
 
@@ -29,7 +31,24 @@ def per_user(name: str, scope: int | None = None) -> None:
 
 def per_address(name: str) -> None:
     """Count this request against limit `name` for the client's IP address."""
-    ratelimit.check(name, f"ip:{request.remote_addr or '-'}")
+    ratelimit.check(name, f"ip:{address_key(request.remote_addr)}")
+
+
+def address_key(address: str | None) -> str:
+    """The client address a per-address limit counts: an IPv6 address by its
+    /64 (one subscriber gets a whole /64 and may use any address in it), an
+    IPv4 address (or an IPv4-mapped IPv6 one) as itself."""
+    if not address:
+        return "-"
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _bound_slow_clients() -> None:

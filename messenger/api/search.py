@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, g, request
 
+from messenger.api import limits
 from messenger.api.auth import authenticated
 from messenger.api.operation import operation
 from messenger.schemas import envelopes as env
@@ -22,10 +23,12 @@ bp = Blueprint("search", __name__, url_prefix="/v1")
     "Full-text search over the caller's conversations, newest first.",
     query=SearchQuery,
     responses={200: env.SearchPage},
+    rate_limited=True,
     tag="messages",
 )
 @authenticated
 def search() -> Any:
+    limits.per_user("search")
     query = load(SearchQuery(), request.args)
     found, next_cursor = search_service.search(
         g.user_id, query["q"], limit=query["limit"], before=query.get("before")

@@ -40,6 +40,7 @@ from messenger.embedded.processes import (
     log_tail,
     make_dirs,
     process_cwd,
+    read_or_create_password,
     say,
     wait_until_gone,
 )
@@ -51,11 +52,15 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_SECS = 30.0
 # A fast shutdown only waits for backends to abort and a checkpoint to finish.
 STOP_TIMEOUT_SECS = 30.0
-# The superuser initdb creates; the DSNs connect as it (trust on 127.0.0.1).
+# The superuser initdb creates; the DSNs connect as it (with its password).
 PG_SUPERUSER = "messenger"
 # Every user can enter it: clusters (and binaries) that the postgres user could not
 # reach where they were asked for go here.
 PG_FALLBACK_ROOT = Path("/var/tmp")
+
+# In the cluster's home once the superuser has a password (clusters made before
+# passwords get one on their next start).
+_PASSWORD_SET = ".password-set"
 
 _DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -128,8 +133,11 @@ class EmbeddedPostgres(Server):
     Layout of the folder: `pgdata/` (the cluster), `postgresql.log` (server log),
     `pgdata/messenger.conf` (our settings, rewritten on every start).
 
-    Authentication is `trust` for connections from 127.0.0.1, which suits a developer
-    machine or a test run, not a shared host. No Unix socket is created.
+    Connections come from 127.0.0.1 only and need the superuser's password
+    (scram-sha-256), kept in data_dir/password (mode 0600) and carried by dsn():
+    other local users can reach loopback, but not the messages. No Unix socket
+    is created. A cluster made before passwords (trust) gets one on its next
+    start.
 
     Attributes:
         data_dir: the folder asked for.
@@ -162,10 +170,17 @@ class EmbeddedPostgres(Server):
 
     # ------------------------------------------------------------------ public
 
+    @property
+    def password(self) -> str:
+        """The superuser's password (data_dir/password, mode 0600; made on first
+        use, see processes.py)."""
+        return read_or_create_password(self.data_dir)
+
     def dsn(self, database: str = "messenger") -> str:
-        """A libpq URI for psycopg2.connect(), as the superuser, no password."""
+        """A libpq URI for psycopg2.connect(), as the superuser, password included."""
         return (
-            f"postgresql://{PG_SUPERUSER}@{HOST}:{self.port}/{quote(database, safe='')}"
+            f"postgresql://{PG_SUPERUSER}:{quote(self.password, safe='')}@{HOST}:"
+            f"{self.port}/{quote(database, safe='')}"
         )
 
     @property
@@ -218,8 +233,12 @@ class EmbeddedPostgres(Server):
                     self._stop_server(cluster, immediate=True)
                     pid = None
                 self._initdb(account, binaries, home, cluster)
+                (home / _PASSWORD_SET).touch()
             self._check_version(binaries, cluster)
             changed = self._write_settings(account, cluster)
+            has_password = (home / _PASSWORD_SET).exists()
+            if has_password:
+                changed = self._write_hba(account, cluster) or changed
             if pid is not None and (changed or _postmaster_port(cluster) != self.port):
                 say(self._log, f"PostgreSQL: settings changed, restarting pid {pid}")
                 self._stop_server(cluster, immediate=False)
@@ -234,6 +253,14 @@ class EmbeddedPostgres(Server):
                 if pid is None:
                     self._pg_ctl_start(account, binaries, cluster, log_path, deadline)
                 self._wait_ready(log_path, deadline)
+                if not has_password:
+                    # A cluster of an earlier version (trust): set the password,
+                    # then require it.
+                    say(self._log, "PostgreSQL: setting the superuser's password")
+                    self._set_password()
+                    self._write_hba(account, cluster)
+                    self._reload()
+                    (home / _PASSWORD_SET).touch()
                 self._create_databases()
             except BaseException:
                 # Leave no half-started server behind a failed start.
@@ -330,21 +357,33 @@ class EmbeddedPostgres(Server):
             say(self._log, f"PostgreSQL: removing half-initialised cluster {cluster}")
             shutil.rmtree(cluster)
         say(self._log, f"PostgreSQL: creating a cluster in {cluster}")
-        result = run_as(
-            account,
-            [
-                binaries.tool("initdb"),
-                "-D",
-                str(cluster),
-                "-U",
-                PG_SUPERUSER,
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-            ],
-            cwd=home,
-            timeout_secs=120,
-        )
+        # initdb runs as the server's account: it reads the password from a
+        # copy that account owns (0600), removed right after.
+        pwfile = home / ".initdb-password"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.password + "\n")
+        if account is not None:
+            os.chown(pwfile, account.uid, account.gid)
+        try:
+            result = run_as(
+                account,
+                [
+                    binaries.tool("initdb"),
+                    "-D",
+                    str(cluster),
+                    "-U",
+                    PG_SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                ],
+                cwd=home,
+                timeout_secs=120,
+            )
+        finally:
+            pwfile.unlink()
         if result.returncode != 0:
             raise RuntimeError(
                 f"initdb failed for {cluster} (exit {result.returncode}):\n"
@@ -391,6 +430,10 @@ class EmbeddedPostgres(Server):
             "timezone = 'UTC'\n"
             "log_timezone = 'UTC'\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
+            # An error's log entry quotes its statement by default, and a send's
+            # statement holds the message body: log no message bodies.
+            "log_min_error_statement = 'panic'\n"
+            "log_parameter_max_length_on_error = 0\n"
         )
         path = cluster / "messenger.conf"
         try:
@@ -482,6 +525,48 @@ class EmbeddedPostgres(Server):
                     f"Last lines of {log_path}:\n{log_tail(log_path)}"
                 )
             time.sleep(0.1)
+
+    def _write_hba(self, account: Account | None, cluster: Path) -> bool:
+        """Require the password on 127.0.0.1 (nothing else may connect); returns
+        whether pg_hba.conf changed."""
+        rules = (
+            "# Written by messenger.embedded on every start: edits are overwritten.\n"
+            "# TCP on 127.0.0.1 only (no Unix socket), with the password.\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        path = cluster / "pg_hba.conf"
+        try:
+            if path.read_text() == rules:
+                return False
+        except OSError:
+            pass
+        path.write_text(rules)
+        if account is not None:
+            os.chown(path, account.uid, account.gid)
+        return True
+
+    def _set_password(self) -> None:
+        conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=5)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD %s").format(
+                        sql.Identifier(PG_SUPERUSER)
+                    ),
+                    (self.password,),
+                )
+        finally:
+            conn.close()
+
+    def _reload(self) -> None:
+        conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=5)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
 
     def _create_databases(self) -> None:
         conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=5)

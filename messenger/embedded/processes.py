@@ -8,6 +8,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -193,6 +194,39 @@ def make_dirs(path: Path, mode: int = 0o755) -> None:
         with contextlib.suppress(FileExistsError):
             folder.mkdir()
             folder.chmod(mode)
+
+
+# The file, under a server's folder, holding the password clients connect with.
+PASSWORD_FILE = "password"
+
+
+def read_or_create_password(folder: Path) -> str:
+    """The password kept in folder/password, made (random, mode 0600) when missing.
+
+    The embedded servers listen on loopback only, but any local user can reach
+    loopback: without a password they could read every message in PostgreSQL,
+    and through Redis make validly signed fake pushes.
+    """
+    path = folder / PASSWORD_FILE
+    try:
+        text = path.read_text().strip()
+        if text:
+            return text
+    except FileNotFoundError:
+        pass
+    make_dirs(folder, 0o700)
+    password = secrets.token_urlsafe(24)
+    partial = path.with_name(f".{PASSWORD_FILE}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    try:
+        os.link(partial, path)  # a concurrent starter's password wins
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink()
+    return path.read_text().strip()
 
 
 def say(

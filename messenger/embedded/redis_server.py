@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
 from messenger.embedded.binaries import find_redis_server
 from messenger.embedded.processes import (
     HOST,
+    PASSWORD_FILE,
     Server,
     child_hook,
     ensure_port_free,
@@ -28,6 +31,7 @@ from messenger.embedded.processes import (
     process_argv0,
     process_cwd,
     processes_working_in,
+    read_or_create_password,
     say,
     terminate,
 )
@@ -46,14 +50,16 @@ SERVER_NAMES = ("redis-server", "valkey-server")
 class EmbeddedRedis(Server):
     """A redis-server child process keeping its files under a folder.
 
-    Listens on 127.0.0.1:port only. Persistent by default (append-only file plus
+    Listens on 127.0.0.1:port only and requires a password (`requirepass`),
+    kept in data_dir/password (mode 0600) and carried by `url`. Persistent by
+    default (append-only file plus
     the default snapshots), so a second start serves the same data; tests and the
     benchmark pass persistent=False.
 
     Attributes:
         data_dir: the folder holding the data, the pid file and redis.log.
         port: the TCP port on 127.0.0.1.
-        url: redis://127.0.0.1:PORT/0.
+        url: redis://:PASSWORD@127.0.0.1:PORT/0 (`display_url` without it).
         binaries_source: which redis-server was used; known after start().
     """
 
@@ -82,7 +88,6 @@ class EmbeddedRedis(Server):
         """
         self.data_dir = Path(data_dir).absolute()
         self.port = port
-        self.url = f"redis://{HOST}:{port}/0"
         self.binaries_source = ""
         self.persistent = persistent
         self.kill_with_parent = kill_with_parent
@@ -90,6 +95,21 @@ class EmbeddedRedis(Server):
         self._start_timeout_secs = start_timeout_secs
         self.extra_args = extra_args
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def password(self) -> str:
+        """The password clients need (made on first use, see processes.py)."""
+        return read_or_create_password(self.data_dir)
+
+    @property
+    def url(self) -> str:
+        """The URL clients connect with, password included."""
+        return f"redis://:{quote(self.password, safe='')}@{HOST}:{self.port}/0"
+
+    @property
+    def display_url(self) -> str:
+        """The URL without the password, for logs and terminals."""
+        return f"redis://{HOST}:{self.port}/0"
 
     @property
     def pid_path(self) -> Path:
@@ -129,12 +149,23 @@ class EmbeddedRedis(Server):
         deadline = time.monotonic() + self._start_timeout_secs
         binary = find_redis_server()
         self.binaries_source = binary.source
-        make_dirs(self.data_dir)
+        make_dirs(self.data_dir, 0o700)
+        self.data_dir.chmod(0o700)
         with folder_lock(self.data_dir, self._start_timeout_secs):
             self._stop_leftovers()
             ensure_port_free(self.port, "Redis")
+            # The password goes in a config file (0600), not on the command
+            # line, where any local user could read it in the process list.
+            config = self.data_dir / "redis.conf"
+            fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(
+                    "# Written by messenger.embedded on every start.\n"
+                    f'requirepass "{self.password}"\n'
+                )
             args = [
                 str(binary.path),
+                str(config),
                 "--bind", HOST,
                 "--port", str(self.port),
                 "--dir", str(self.data_dir),
@@ -167,7 +198,11 @@ class EmbeddedRedis(Server):
             except BaseException:
                 self._stop_child()
                 raise
-        say(self._log, f"Redis: ready at {self.url} ({self.binaries_source})")
+        say(
+            self._log,
+            f"Redis: ready at {self.display_url} (password in "
+            f"{self.data_dir / PASSWORD_FILE}) ({self.binaries_source})",
+        )
 
     def stop(self) -> None:
         """Stop Redis (SIGTERM, SIGKILL after a bound); leaves no Redis on this folder.
@@ -237,7 +272,11 @@ class EmbeddedRedis(Server):
     def _wait_ready(self, deadline: float) -> None:
         assert self._process is not None
         client = redis.Redis(
-            host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1
+            host=HOST,
+            port=self.port,
+            password=self.password,
+            socket_timeout=1,
+            socket_connect_timeout=1,
         )
         last_error = ""
         try:

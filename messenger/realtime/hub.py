@@ -30,6 +30,7 @@ from typing import Any
 import gevent.event
 
 from messenger import metrics
+from messenger.backoff import backoff_secs
 from messenger.realtime.hangup import watch_hangup
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,14 @@ SHUTDOWN = "shutdown"  # the worker is stopping: answer now, the client re-polls
 CLIENT_GONE = "client_gone"
 
 # While Redis is unreachable (or this poll could not register there), wake-ups
-# cannot arrive: a held poll re-reads the database this often instead.
+# cannot arrive: a held poll re-reads the database instead, first after about
+# this long, then backing off (doubling, jittered) to DEGRADED_RECHECK_MAX_SECS.
+# A fixed second made 10,000 held polls 10,000 queries a second per worker, all
+# in step, just when a dependency was already in trouble.
 DEGRADED_RECHECK_SECS = 1.0
+DEGRADED_RECHECK_MAX_SECS = 8.0
+# Half of each re-read wait is random, so polls that lost Redis together spread.
+DEGRADED_RECHECK_JITTER = (0.5, 1.0)
 
 # What the hub remembers of a user after their last poll here ends: the client's
 # re-poll arrives within milliseconds; this covers a slow client, and stays far
@@ -121,6 +128,7 @@ class Waiter:
         "_released",
         "_stored_wake",
         "_registered",
+        "_rechecks",
         "__weakref__",
     )
 
@@ -134,6 +142,8 @@ class Waiter:
         self._stored_wake = False
         # Whether senders on other workers can find this poll (Registry.ensure).
         self._registered = False
+        # Degraded waits in a row (see recheck_secs).
+        self._rechecks = 0
 
     @property
     def released(self) -> str | None:
@@ -144,13 +154,27 @@ class Waiter:
         """Block this greenlet until woken or the timeout; True when woken.
 
         While wake-ups can't be trusted (Redis down, or this poll not registered
-        there) the wait is cut to DEGRADED_RECHECK_SECS, so the caller re-reads.
+        there) the wait is cut to recheck_secs(), so the caller re-reads.
         """
         if not self._registered and self.hub.redis_ok:
             self._registered = self.hub.register(self.user_id)
         if not (self._registered and self.hub.redis_ok):
-            timeout_secs = min(timeout_secs, DEGRADED_RECHECK_SECS)
+            timeout_secs = min(timeout_secs, self.recheck_secs())
+        else:
+            self._rechecks = 0
         return self._event.wait(max(0.0, timeout_secs))
+
+    def recheck_secs(self) -> float:
+        """How long this degraded wait lasts before the caller re-reads: about
+        DEGRADED_RECHECK_SECS the first time, doubling (jittered) each time in a
+        row up to DEGRADED_RECHECK_MAX_SECS."""
+        self._rechecks += 1
+        return backoff_secs(
+            self._rechecks,
+            DEGRADED_RECHECK_SECS,
+            DEGRADED_RECHECK_MAX_SECS,
+            jitter=DEGRADED_RECHECK_JITTER,
+        )
 
     def linger(self, secs: float) -> None:
         """Wait up to secs for more ephemeral events; stop early for stored ones

@@ -77,6 +77,15 @@ PUSH_HEARTBEAT_TTL_SECS = 15
 PUSH_DEAD_MAX = 100_000
 
 
+# A user's new push batches are counted in windows this long (their share).
+PUSH_SHARE_WINDOW_SECS = 60
+
+
+def push_share(user_id: int) -> str:
+    """Counter: push batches scheduled for a user in the current share window."""
+    return f"{{push}}:share:{user_id}"
+
+
 def push_pending(user_id: int, conversation_id: int) -> str:
     """List: messages waiting to be coalesced into one push (JSON, oldest first)."""
     return f"{PUSH_PENDING_PREFIX}{user_id}:{conversation_id}"

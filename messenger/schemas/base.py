@@ -8,6 +8,7 @@ publishes what the validator enforces.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,14 +101,15 @@ class QuerySchema(Schema):
 
 
 def load(schema: Schema, data: Any) -> dict[str, Any]:
-    """Validate with a schema; a failure becomes 422 validation_failed."""
-    with_nul = _fields_with_nul(data)
-    if with_nul:
-        # PostgreSQL text can't hold NUL: refuse it here, not with a 500 there.
-        raise ValidationFailed(
-            "The request is not valid.",
-            fields={name: ["Contains a NUL character."] for name in with_nul},
-        )
+    """Validate with a schema; a failure becomes 422 validation_failed.
+
+    Every string, in any field (and any key), first passes `unstorable_reason`:
+    a value PostgreSQL text can't hold is a 422 naming the field, not a 500
+    where it is stored.
+    """
+    bad = _unstorable_fields(data)
+    if bad:
+        raise ValidationFailed("The request is not valid.", fields=bad)
     try:
         return schema.load(data)  # type: ignore[no-any-return]
     except ValidationError as exc:
@@ -117,22 +119,53 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
         raise ValidationFailed("The request is not valid.", fields=messages) from None
 
 
-def _fields_with_nul(data: Any) -> list[str]:
-    """Top-level names whose value holds a NUL character anywhere inside."""
+# A lone UTF-16 surrogate (JSON "\ud800" without its pair) is a str in Python
+# but has no UTF-8 form, so psycopg2 (and the JSON encoder's output) can't carry it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable_reason(value: str) -> str | None:
+    """Why a string can't be stored as text, or None: the rule every string
+    field of every request gets (new text fields get it through `load`)."""
+    if "\x00" in value:
+        # PostgreSQL text can't hold NUL: refuse it here, not with a 500 there.
+        return "Contains a NUL character."
+    if _SURROGATE.search(value):
+        return "Contains a lone surrogate (not a Unicode character)."
+    return None
+
+
+def _unstorable_fields(data: Any) -> dict[str, list[str]]:
+    """Top-level names whose value (or name) holds an unstorable string anywhere."""
     if not isinstance(data, Mapping):
-        return ["_schema"] if _has_nul(data) else []
+        reason = _unstorable(data)
+        return {"_schema": [reason]} if reason else {}
     items = data.items(multi=True) if isinstance(data, MultiDict) else data.items()
-    return sorted({str(k) for k, v in items if _has_nul(k) or _has_nul(v)})
+    found: dict[str, list[str]] = {}
+    for key, value in items:
+        reason = _unstorable(key) or _unstorable(value)
+        if reason:
+            name = str(key)
+            if _SURROGATE.search(name):
+                name = name.encode("utf-8", "backslashreplace").decode("ascii")
+            found.setdefault(name, [reason])
+    return dict(sorted(found.items()))
 
 
-def _has_nul(value: Any) -> bool:
+def _unstorable(value: Any) -> str | None:
     if isinstance(value, str):
-        return "\x00" in value
+        return unstorable_reason(value)
     if isinstance(value, Mapping):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        for k, v in value.items():
+            reason = _unstorable(k) or _unstorable(v)
+            if reason:
+                return reason
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+        for v in value:
+            reason = _unstorable(v)
+            if reason:
+                return reason
+    return None
 
 
 def limit_field(

@@ -200,6 +200,14 @@ def decode_list_cursor(cursor: str) -> tuple[datetime, int]:
     return at, conversation_id
 
 
+# A page embeds every member of each conversation it lists: 200 groups of 500
+# are 100,000 member objects, megabytes of JSON encoded on the worker's event
+# loop while every other request of the worker waits. A page stops early (with
+# a `next` cursor) rather than embed more than this; one conversation (at most
+# 500 members) always fits.
+LIST_MEMBERS_MAX = 2_000
+
+
 def list_for(
     user_id: int,
     limit: int,
@@ -212,6 +220,8 @@ def list_for(
 
     Archived ones only with `archived`, else none of them; `requests` "only" or
     "exclude" keeps or leaves out message requests (None: both).
+    A page holds fewer than `limit` conversations (and a `next` cursor) when
+    they would embed more than LIST_MEMBERS_MAX members in all.
     """
     router = runtime.get().router
     position = decode_list_cursor(before) if before else None
@@ -233,18 +243,26 @@ def list_for(
             found, found_members = store.rows_across(cur, by_schema)
         records.update((r.conversation_id, r) for r in found)
         members.update(found_members)
-    result = [
-        assemble(
-            records[e.conversation_id],
-            members.get(e.conversation_id, []),
-            user_id,
-            e.last_message,
-            e.settings,
+    result: list[Conversation] = []
+    embedded = 0
+    for index, e in enumerate(entries):
+        if e.conversation_id not in records:
+            continue  # deleted meanwhile: its leave event is on the way
+        conv_members = members.get(e.conversation_id, [])
+        if result and embedded + len(conv_members) > LIST_MEMBERS_MAX:
+            # The page stops early; the next one starts after the last shown.
+            entries, has_more = entries[:index], True
+            break
+        embedded += len(conv_members)
+        result.append(
+            assemble(
+                records[e.conversation_id],
+                conv_members,
+                user_id,
+                e.last_message,
+                e.settings,
+            )
         )
-        for e in entries
-        # Left out when deleted meanwhile: its leave event is on the way.
-        if e.conversation_id in records
-    ]
     next_cursor = None
     if has_more:
         last = entries[-1]

@@ -71,6 +71,7 @@ def register(
     with rt.router.directory("allocate_device_id", transaction=False) as cur:
         device_id = user_store.next_id(cur)
     with rt.router.on_user(user_id, "register_device") as cur:
+        store.lock_user(cur, user_id)
         device = store.upsert(
             cur, device_id, user_id, kind, target, secrets.token_urlsafe(32)
         )

@@ -257,7 +257,11 @@ def _wake_for_message(
         waker.deliver(
             "message",
             ids,
-            json.dumps({"message": message_json(message)}, separators=(",", ":")),
+            json.dumps(
+                {"message": message_json(message)},
+                separators=(",", ":"),
+                ensure_ascii=False,
+            ),
         )
     plain = sorted({u for u in recipients if u not in ids})
     if plain:

@@ -177,13 +177,41 @@ def _with_devices(client: redis.Redis, user_ids: list[int]) -> set[int]:
     return {u for u, found in zip(user_ids, pipe.execute(), strict=True) if found}
 
 
+# The queue is bounded: past this many scheduled batches, new ones are dropped
+# (logged and counted; the messages themselves are stored and reach the next
+# poll). Pushes are a hint, and a backlog this deep is an outage, not a queue.
+PUSH_BATCHES_MAX = 100_000
+# Each user's share of it: new batches per share window (keys.py). A user in
+# thousands of busy conversations gets pushes for the first ones, not a queue
+# that holds everyone else's back.
+PUSH_USER_BATCHES_MAX = 500
+
+# Schedules a batch (its first message just appended) unless the queue or the
+# user's share is full, in which case the batch is dropped.
+# KEYS: due, pending key, share key. ARGV: member, due time, queue max, share
+# max, share window. Returns 1 when scheduled (or already), 0 when dropped.
+_SCHEDULE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[2]); return 0
+end
+local n = redis.call('INCR', KEYS[3])
+if n == 1 then redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5])) end
+if n > tonumber(ARGV[4]) then redis.call('DEL', KEYS[2]); return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+
 def _add(
     client: redis.Redis,
     batches: dict[tuple[int, int], list[str]],
     settings: Settings,
 ) -> None:
-    """Append to each pending batch; the first message of a batch schedules it."""
+    """Append to each pending batch; the first message of a batch schedules it,
+    within the queue's bound and the user's share (see _SCHEDULE)."""
     due = time.time() + settings.push_coalesce_secs
+    schedule = client.register_script(_SCHEDULE)
     # One MULTI: the worker's promotion never sees a batch without its due entry.
     pipe = client.pipeline(transaction=True)
     for (user_id, conversation_id), items in batches.items():
@@ -191,5 +219,23 @@ def _add(
         pipe.rpush(key, *items)
         pipe.ltrim(key, -BATCH_MAX_MESSAGES, -1)
         pipe.expire(key, keys.PUSH_PENDING_TTL_SECS)
-        pipe.zadd(keys.PUSH_DUE, {f"{user_id}:{conversation_id}": due}, nx=True)
-    pipe.execute()
+        schedule(
+            keys=[keys.PUSH_DUE, key, keys.push_share(user_id)],
+            args=[
+                f"{user_id}:{conversation_id}",
+                due,
+                PUSH_BATCHES_MAX,
+                PUSH_USER_BATCHES_MAX,
+                keys.PUSH_SHARE_WINDOW_SECS,
+            ],
+            client=pipe,
+        )
+    results = pipe.execute()
+    dropped = [b for b, r in zip(batches, results[3::4], strict=True) if not r]
+    if dropped:
+        metrics.PUSH_DELIVERIES.labels(outcome="dropped").inc(len(dropped))
+        logger.warning(
+            "push: %d batches dropped (queue or user share full), e.g. user %s",
+            len(dropped),
+            dropped[0][0],
+        )

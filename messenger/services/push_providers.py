@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import gevent
+from gevent.resolver.ares import Resolver as AresResolver
 
 from messenger.models import Device
 from messenger.settings import Settings
@@ -147,9 +148,47 @@ def _is_local_name(host: str) -> bool:
     return host == "localhost" or host.endswith(".localhost")
 
 
-def _resolve(host: str, port: int) -> list[str]:
-    """The addresses of a host (IP literals resolve to themselves)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+# c-ares waits this long for one answer before asking again (once); the
+# callers' own deadlines bound the whole lookup.
+_DNS_TRY_TIMEOUT_SECS = 1.0
+_resolvers: dict[tuple[int, str], AresResolver] = {}
+
+
+def _resolver(dns_server: str) -> AresResolver:
+    """A c-ares resolver on this thread's event loop, one per server setting.
+
+    Host names are looked up on the event loop, not through gevent's default
+    resolver, which runs getaddrinfo in the hub's thread pool: that pool also
+    hashes passwords, and a DNS server that never answers held its threads for
+    the system resolver's timeouts while logins queued behind them.
+    """
+    hub = gevent.get_hub()
+    key = (id(hub), dns_server)
+    resolver = _resolvers.get(key)
+    if resolver is None or resolver.hub is not hub:
+        options: dict[str, Any] = {
+            "timeout": _DNS_TRY_TIMEOUT_SECS,
+            "tries": 2,
+        }
+        if dns_server:
+            host, _, port = dns_server.rpartition(":")
+            if not host or "]" in port:  # a bare address, or [v6] without a port
+                host, port = dns_server, ""
+            options["servers"] = host.strip("[]")
+            if port:
+                options["udp_port"] = options["tcp_port"] = int(port)
+        resolver = AresResolver(hub=hub, use_environ=False, **options)
+        _resolvers[key] = resolver
+    return resolver
+
+
+def _resolve(host: str, port: int, dns_server: str = "") -> list[str]:
+    """The addresses of a host (IP literals resolve to themselves).
+
+    Raises:
+        OSError: the lookup failed or timed out.
+    """
+    infos = _resolver(dns_server).getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -226,9 +265,12 @@ class WebhookProvider:
 
     kind = "webhook"
 
-    def __init__(self, *, timeout_secs: float, allow_private: bool) -> None:
+    def __init__(
+        self, *, timeout_secs: float, allow_private: bool, dns_server: str = ""
+    ) -> None:
         self.timeout_secs = timeout_secs
         self.allow_private = allow_private
+        self.dns_server = dns_server
         self._tls = ssl.create_default_context()
 
     @classmethod
@@ -236,6 +278,7 @@ class WebhookProvider:
         return cls(
             timeout_secs=settings.push_timeout_secs,
             allow_private=settings.push_allow_private,
+            dns_server=settings.push_dns_server,
         )
 
     def check_target(self, target: str, *, own_endpoints: set[tuple[str, int]]) -> str:
@@ -281,7 +324,7 @@ class WebhookProvider:
             return is_public_address(ip)
         try:
             with gevent.Timeout(RESOLVE_TIMEOUT_SECS):
-                addresses = _resolve(host, port)
+                addresses = _resolve(host, port, self.dns_server)
         except (OSError, gevent.Timeout):
             return True  # unknown today; every delivery checks again
         return all(is_public_address(ipaddress.ip_address(a)) for a in addresses)
@@ -302,7 +345,7 @@ class WebhookProvider:
         deadline.start()
         try:
             try:
-                addresses = _resolve(host, port)
+                addresses = _resolve(host, port, self.dns_server)
             except OSError as exc:
                 return DeliveryResult("retry", detail=f"DNS: {exc.__class__.__name__}")
             allowed = [

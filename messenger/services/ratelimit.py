@@ -11,9 +11,12 @@ needs two small keys per subject and smooths the burst a plain fixed window
 allows at its edges. A refused request is not counted, so a client that waits
 for Retry-After gets through.
 
-A limiter must never make an outage worse: when Redis fails, the request is
-allowed, the error counted, and Redis is not asked again for a few seconds, so a
-hung Redis costs one request one timeout, not every request.
+A limiter must never make an outage worse: when Redis fails, the error is
+counted and Redis is not asked again for a few seconds, so a hung Redis costs one
+request one timeout, not every request. Meanwhile most limits stand aside, but
+the ones that guard passwords and accounts (login, registration) fall back to a
+per-process window of the same size (so with N workers, up to N times the limit),
+rather than let guessing run unlimited while Redis is down.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import redis
@@ -56,6 +60,41 @@ return {1, current, previous}
 """
 
 
+# Limits kept by each process while Redis is down.
+LOCAL_FALLBACK_LIMITS = frozenset({"login", "login_handle", "register"})
+# Subjects a process remembers for its fallback; the oldest are forgotten first.
+LOCAL_SUBJECTS_MAX = 50_000
+
+
+class LocalWindows:
+    """The sliding window of _SCRIPT, in this process's memory (bounded)."""
+
+    def __init__(self) -> None:
+        # (name, subject) -> (window number, count in it, count in the one before)
+        self._counts: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
+
+    def check(self, name: str, subject: str, limit: RateLimit, now: float) -> None:
+        window = int(now // limit.window_secs)
+        elapsed = now - window * limit.window_secs
+        weight = 1.0 - elapsed / limit.window_secs
+        key = (name, subject)
+        seen, current, previous = self._counts.pop(key, (window, 0, 0))
+        if seen == window - 1:
+            current, previous = 0, current
+        elif seen != window:
+            current, previous = 0, 0
+        if current + 1 + previous * weight > limit.count:
+            self._counts[key] = (window, current, previous)
+            metrics.RATE_LIMITED.labels(limit=name).inc()
+            raise RateLimited(
+                "Too many requests; try again later.",
+                _retry_after(limit, current, previous, elapsed),
+            )
+        self._counts[key] = (window, current + 1, previous)
+        while len(self._counts) > LOCAL_SUBJECTS_MAX:
+            self._counts.popitem(last=False)
+
+
 class Limiter:
     """Checks requests against the configured limits; one per process."""
 
@@ -65,6 +104,7 @@ class Limiter:
         self._skip_until = 0.0
         self._script: redis.commands.core.Script | None = None
         self._script_client: redis.Redis | None = None
+        self._local = LocalWindows()
 
     def limits(self) -> dict[str, RateLimit]:
         raw = runtime.get().settings.rate_limits
@@ -84,6 +124,7 @@ class Limiter:
         subject = _compact(subject)
         now = self.clock()
         if now < self._skip_until:
+            self._fallback(name, subject, limit, now)
             return
         window = int(now // limit.window_secs)
         elapsed = now - window * limit.window_secs
@@ -100,8 +141,12 @@ class Limiter:
             metrics.REDIS_ERRORS.labels(op="rate_limit").inc()
             self._skip_until = now + REDIS_BACKOFF_SECS
             logger.warning(
-                "rate limits off for %.0f s: Redis: %s", REDIS_BACKOFF_SECS, exc
+                "rate limits off for %.0f s (login and registration limited per "
+                "process): Redis: %s",
+                REDIS_BACKOFF_SECS,
+                exc,
             )
+            self._fallback(name, subject, limit, now)
             return
         if allowed:
             return
@@ -110,6 +155,10 @@ class Limiter:
             "Too many requests; try again later.",
             _retry_after(limit, int(current), int(previous), elapsed),
         )
+
+    def _fallback(self, name: str, subject: str, limit: RateLimit, now: float) -> None:
+        if name in LOCAL_FALLBACK_LIMITS:
+            self._local.check(name, subject, limit, now)
 
     def _run(self, key_names: list[str], args: list[int | str]) -> list[int]:
         client = runtime.get().redis

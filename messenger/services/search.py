@@ -10,6 +10,7 @@ and -excluded words.
 from __future__ import annotations
 
 from messenger import runtime
+from messenger.errors import ValidationFailed
 from messenger.models import Message
 from messenger.services import cursors
 from messenger.storage import search as store
@@ -29,12 +30,32 @@ def search(
 ) -> tuple[list[Message], str | None]:
     """A page of the caller's matching messages, newest first, and the next cursor.
 
+    A search's cost is bounded: it runs under its own statement timeout
+    (MESSENGER_SEARCH_TIMEOUT_MS) against stored tsvectors, and the API limits
+    searches per user (the `search` rate limit).
+
     Raises:
-        ValidationFailed: a cursor that no earlier page returned.
+        ValidationFailed: a cursor that no earlier page returned, or a query that
+            ran past the search timeout (too broad: `-word` alone matches
+            nearly everything).
     """
+    rt = runtime.get()
     position = decode_cursor(before) if before else None
-    with runtime.get().router.on_user(user_id, "search", transaction=False) as cur:
-        found = store.search(cur, user_id, query, limit + 1, position)
+    try:
+        with rt.router.on_user(user_id, "search") as cur:
+            found = store.search(
+                cur,
+                user_id,
+                query,
+                limit + 1,
+                position,
+                timeout_ms=rt.settings.search_timeout_ms,
+            )
+    except store.SearchTooCostly:
+        raise ValidationFailed(
+            "The search took too long.",
+            fields={"q": ["Too broad to search: add words to find."]},
+        ) from None
     if len(found) > limit:
         return found[:limit], encode_cursor(found[limit - 1])
     return found, None

@@ -19,6 +19,11 @@ RETURNING {_COLUMNS}
 
 _COUNT = "SELECT count(*) FROM {s}.devices WHERE user_id = %s"
 
+# Registrations of one user take turns (until their transaction ends), so each
+# counts the others' devices: the cap holds under concurrent registrations.
+# The two-key form keeps this lock apart from the one-key conversation locks.
+_LOCK_USER_DEVICES = "SELECT pg_advisory_xact_lock(3, hashtext(%s::text))"
+
 _OF_USER = f"SELECT {_COLUMNS} FROM {{s}}.devices WHERE user_id = %s ORDER BY device_id"
 
 _DELETE = "DELETE FROM {s}.devices WHERE device_id = %s AND user_id = %s"
@@ -35,6 +40,11 @@ def upsert(
 ) -> Device:
     """Insert a device, or give an existing (user, kind, url) the new secret."""
     return _device(cur.run(_UPSERT, (device_id, user_id, kind, url, secret)).fetchone())
+
+
+def lock_user(cur: ShardCursor, user_id: int) -> None:
+    """Serialise device changes of one user until the transaction ends."""
+    cur.run(_LOCK_USER_DEVICES, (user_id,))
 
 
 def count(cur: ShardCursor, user_id: int) -> int:

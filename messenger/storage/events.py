@@ -132,12 +132,13 @@ ORDER BY e.event_id
 
 _HEAD = "SELECT last_event_id FROM {s}.user_state WHERE user_id = %s"
 
-# The fan-out transaction on the conversation's database commits without waiting
-# for its WAL flush: if a crash loses it, the outbox rows it deleted come back
-# too, and the sweeper replays them (idempotently). Work on other databases is
-# committed synchronously before the outbox rows are deleted here.
+# The fan-out transaction on the conversation's database commits durably (the
+# server's synchronous_commit, on by default): its commit makes the events of
+# that database's recipients visible, and a poll may hand them out at once. An
+# asynchronous commit lost in a crash would take back events a client already
+# saw, and their ids would go to other events (issue 14). Work on other
+# databases is committed before the outbox rows are deleted here.
 _PENDING = """
-SET LOCAL synchronous_commit TO off;
 SELECT pg_advisory_xact_lock(%(c)s);
 SELECT o.outbox_id, o.kind, o.seq, o.recipients, o.payload, o.created_at,
        m.sender_id, m.client_msg_id, m.body, m.created_at, o.delivered
@@ -174,14 +175,35 @@ SELECT DISTINCT conversation_id, min(created_at) OVER (PARTITION BY conversation
 FROM {s}.outbox WHERE created_at < now() - make_interval(secs => %s)
 """
 
-_TRIM = """
+# The hourly trim goes in short batches, each its own transaction: the users of
+# up to `rows` old events, their counter rows locked in user-id order (the
+# fan-out's order, so the two can't deadlock), then those users' old events
+# (at most `rows` of them) deleted and their trimmed_through moved up. A batch
+# holds its locks for milliseconds and stays far below any statement timeout.
+_TRIM_LOCK_USERS = """
+SELECT s.user_id FROM {s}.user_state s
+WHERE s.user_id IN (SELECT e.user_id FROM {s}.events e
+                    WHERE e.created_at < %(cutoff)s LIMIT %(rows)s)
+ORDER BY s.user_id
+FOR UPDATE OF s
+"""
+
+_TRIM_BATCH = """
 WITH gone AS (
-    DELETE FROM {s}.events WHERE created_at < %(cutoff)s RETURNING user_id, event_id
+    DELETE FROM {s}.events WHERE ctid IN (
+        SELECT ctid FROM {s}.events
+        WHERE user_id = ANY(%(users)s) AND created_at < %(cutoff)s
+        LIMIT %(rows)s)
+    RETURNING user_id, event_id
 ), top AS (
     SELECT user_id, max(event_id) AS event_id FROM gone GROUP BY user_id
+), moved AS (
+    UPDATE {s}.user_state s
+    SET trimmed_through = GREATEST(s.trimmed_through, top.event_id)
+    FROM top WHERE s.user_id = top.user_id
+    RETURNING 1
 )
-UPDATE {s}.user_state s SET trimmed_through = GREATEST(s.trimmed_through, top.event_id)
-FROM top WHERE s.user_id = top.user_id
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM moved)
 """
 
 
@@ -479,10 +501,25 @@ def head(cur: ShardCursor, user_id: int) -> int | None:
     return int(row[0]) if row else None
 
 
-def trim(cur: ShardCursor, cutoff: datetime) -> int:
-    """Delete events created before cutoff; returns the number of users touched."""
-    cur.run(_TRIM, {"cutoff": cutoff})
-    return cur.rowcount
+@dataclass(frozen=True)
+class TrimBatch:
+    events_deleted: int
+    users_touched: int
+
+
+def trim_batch(cur: ShardCursor, cutoff: datetime, rows: int) -> TrimBatch:
+    """One batch of the trim (see _TRIM_LOCK_USERS), in the caller's transaction:
+    at most `rows` events created before cutoff."""
+    users = [
+        int(r[0])
+        for r in cur.run(_TRIM_LOCK_USERS, {"cutoff": cutoff, "rows": rows}).fetchall()
+    ]
+    if not users:
+        return TrimBatch(0, 0)
+    deleted, touched = cur.one(
+        _TRIM_BATCH, {"cutoff": cutoff, "rows": rows, "users": users}
+    )
+    return TrimBatch(int(deleted), int(touched))
 
 
 def stale_outbox_across(

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2.errors
-
 from messenger.models import Message
 from messenger.storage.pools import ShardCursor
 from messenger.storage.transaction import PipelinedTransaction
@@ -14,8 +12,12 @@ from messenger.storage.transaction import PipelinedTransaction
 # The send's first round trip: check membership, bump the conversation's seq
 # under its row lock (this serialises senders of one conversation, which ordering
 # needs), store the message and move the sender's own read position, in a
-# transaction left open so the fan-out can join it (storage/transaction.py). A
-# duplicate client_msg_id fails the statement (no seq is used up).
+# transaction left open so the fan-out can join it (storage/transaction.py).
+# A retry (a stored client_msg_id) bumps nothing and inserts nothing: it must
+# not raise a unique violation either, whose log line would carry the statement
+# and so the message body. Two retries racing past the NOT EXISTS both bump,
+# the second's insert does nothing (ON CONFLICT) and its `is_new` is false: the
+# caller rolls back, so no seq is used up.
 # The second statement runs with a fresh snapshot, after the first took the
 # conversation's row lock: membership changes (which take that lock too) can't
 # slip in between, so the recipients it reads are exactly the members at this seq,
@@ -24,6 +26,9 @@ from messenger.storage.transaction import PipelinedTransaction
 _STORE = """
 WITH member AS (
     SELECT 1 FROM {s}.members WHERE conversation_id = %(c)s AND user_id = %(u)s
+      AND NOT EXISTS (SELECT 1 FROM {s}.messages
+                      WHERE conversation_id = %(c)s AND sender_id = %(u)s
+                        AND client_msg_id = %(cmid)s)
 ), bumped AS (
     UPDATE {s}.conversations SET last_seq = last_seq + 1
     WHERE conversation_id = %(c)s AND EXISTS (SELECT 1 FROM member)
@@ -31,6 +36,7 @@ WITH member AS (
 ), msg AS (
     INSERT INTO {s}.messages (conversation_id, seq, sender_id, client_msg_id, body)
     SELECT %(c)s, last_seq, %(u)s, %(cmid)s, %(body)s FROM bumped
+    ON CONFLICT DO NOTHING
     RETURNING seq
 )
 UPDATE {s}.members m
@@ -39,7 +45,8 @@ SET read_seq = GREATEST(m.read_seq, msg.seq),
 FROM msg WHERE m.conversation_id = %(c)s AND m.user_id = %(u)s;
 SELECT m.seq, m.created_at,
        ARRAY(SELECT user_id FROM {s}.members WHERE conversation_id = %(c)s),
-       EXISTS (SELECT 1 FROM {s}.outbox WHERE conversation_id = %(c)s)
+       EXISTS (SELECT 1 FROM {s}.outbox WHERE conversation_id = %(c)s),
+       m.xmin::text::bigint = txid_current_if_assigned() %% 4294967296 AS is_new
 FROM {s}.messages m
 WHERE m.conversation_id = %(c)s AND m.sender_id = %(u)s
   AND m.client_msg_id = %(cmid)s
@@ -111,16 +118,15 @@ def store(
         DuplicateClientMsgId: the (sender, client_msg_id) pair exists (no seq is
             used up; the transaction is rolled back when the block ends).
     """
-    try:
-        row = tx.run(
-            _STORE,
-            {"c": conversation_id, "u": sender_id, "cmid": client_msg_id, "body": body},
-        ).fetchone()
-    except psycopg2.errors.UniqueViolation:
-        raise DuplicateClientMsgId from None
+    row = tx.run(
+        _STORE,
+        {"c": conversation_id, "u": sender_id, "cmid": client_msg_id, "body": body},
+    ).fetchone()
     if row is None:
         return None
-    seq, created_at, recipients, has_queued_fanout = row
+    seq, created_at, recipients, has_queued_fanout, is_new = row
+    if not is_new:
+        raise DuplicateClientMsgId
     return StoredMessage(
         Message(conversation_id, seq, sender_id, client_msg_id, body, created_at),
         tuple(recipients),

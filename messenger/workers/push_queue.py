@@ -36,6 +36,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,3 +349,60 @@ class PushQueue:
             pipe.lpush(keys.PUSH_DEAD, *dead)
             pipe.ltrim(keys.PUSH_DEAD, 0, keys.PUSH_DEAD_MAX - 1)
         pipe.execute()
+
+
+def dead_letters(client: redis.Redis, limit: int) -> list[tuple[bytes, Job | None]]:
+    """The newest `limit` dead-lettered jobs (raw, and parsed when it parses)."""
+    found: list[tuple[bytes, Job | None]] = []
+    items: list[bytes] = client.lrange(keys.PUSH_DEAD, 0, max(0, limit - 1))  # type: ignore[assignment]
+    for raw in items:
+        try:
+            found.append((raw, Job.parse(raw)))
+        except ValueError:
+            found.append((raw, None))
+    return found
+
+
+def replay_dead(
+    client: redis.Redis,
+    limit: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Move up to `limit` dead-lettered jobs, oldest first, back onto the queue
+    with their attempts reset (a job for one device stays for that device).
+
+    Each job moves in one MULTI (removed from the dead letters, queued), so a
+    crash midway loses none; something that is not a job stays where it is.
+    Returns how many were queued again.
+    """
+    total = min(limit, int(client.llen(keys.PUSH_DEAD)))  # type: ignore[arg-type]
+    moved = 0
+    skipped = 0
+    for index in range(total):
+        raw = client.lindex(keys.PUSH_DEAD, -1 - skipped)
+        if raw is None:
+            break
+        try:
+            job = Job.parse(raw)  # type: ignore[arg-type]
+        except ValueError:
+            skipped += 1
+            if progress is not None:
+                progress(index + 1, total)
+            continue
+        replayed = Job(
+            job.job_id,
+            job.user_id,
+            job.conversation_id,
+            0,
+            job.device_id,
+            job.messages,
+        ).to_json()
+        pipe = client.pipeline(transaction=True)
+        pipe.lrem(keys.PUSH_DEAD, -1, raw)  # type: ignore[arg-type]
+        pipe.lpush(keys.PUSH_QUEUE, replayed)
+        removed, _ = pipe.execute()
+        if removed:
+            moved += 1
+        if progress is not None:
+            progress(index + 1, total)
+    return moved

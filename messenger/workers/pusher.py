@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
+import gevent.pool
 import redis
 
 from messenger import logs, metrics, runtime
@@ -47,6 +50,20 @@ DB_RETRY_SECS = 5.0
 # a long outage.
 REDIS_RETRY_FIRST_SECS = 0.1
 REDIS_BACKOFF_MAX_SECS = 5.0
+# One user must not slow everyone: a user whose receivers are slow (or tarpits
+# that accept and never answer) holds at most this many of this worker's
+# consumers at once; more of their jobs wait (DEFER_SECS) without an attempt.
+USER_JOBS_MAX = 2
+# A job's devices are tried at once, up to this many (20 devices one after the
+# other, each up to its timeouts, held a consumer for minutes).
+DEVICES_AT_ONCE = 10
+# Deliveries in flight to one host, over every user: a receiver host that stalls
+# ties up at most this many; its other devices wait without an attempt. Above
+# USER_JOBS_MAX x DEVICES_AT_ONCE, so it bites only when several users' devices
+# share a host, and high enough for a shared relay (to APNs/FCM) to keep flowing.
+HOST_DELIVERIES_MAX = 32
+# How long a job or device at its cap waits (in the retry set) before another try.
+DEFER_SECS = 1.0
 
 
 def _redis_backoff() -> Backoff:
@@ -70,6 +87,9 @@ class Pusher:
         self._stopping = gevent.event.Event()
         # Jobs this worker's consumers are handling (see recover_strays).
         self._inflight: set[bytes] = set()
+        # In flight now: jobs per user, deliveries per receiver host.
+        self._user_jobs: Counter[int] = Counter()
+        self._host_deliveries: Counter[str] = Counter()
 
     # ---- life ---------------------------------------------------------------------
 
@@ -146,6 +166,19 @@ class Pusher:
             )
 
     def _deliver(self, raw: bytes, job: Job) -> None:
+        if self._user_jobs[job.user_id] >= USER_JOBS_MAX:
+            metrics.PUSH_DELIVERIES.labels(outcome="deferred").inc()
+            self._finish(raw, retries=[(job.to_json(), time.time() + DEFER_SECS)])
+            return
+        self._user_jobs[job.user_id] += 1
+        try:
+            self._deliver_to_devices(raw, job)
+        finally:
+            self._user_jobs[job.user_id] -= 1
+            if self._user_jobs[job.user_id] <= 0:
+                del self._user_jobs[job.user_id]
+
+    def _deliver_to_devices(self, raw: bytes, job: Job) -> None:
         try:
             targets = self._devices(job)
         except Unavailable:
@@ -164,9 +197,15 @@ class Pusher:
         push = build_push(job.user_id, job.conversation_id, job.messages)
         retries: list[tuple[str, float]] = []
         dead: list[str] = []
-        for device in targets:
-            result = self._send(device, push)
-            outcome = self._file(job, device, result, retries, dead)
+        pool = gevent.pool.Pool(DEVICES_AT_ONCE)
+        results = pool.imap(lambda device: (device, self._send(device, push)), targets)
+        for device, result in results:
+            if result is None:  # its host is at its cap: wait, no attempt spent
+                later = replace(job, device_id=device.device_id)
+                retries.append((later.to_json(), time.time() + DEFER_SECS))
+                outcome = "deferred"
+            else:
+                outcome = self._file(job, device, result, retries, dead)
             metrics.PUSH_DELIVERIES.labels(outcome=outcome).inc()
         self._finish(raw, retries=retries, dead=dead)
 
@@ -226,11 +265,21 @@ class Pusher:
             found = [d for d in found if d.device_id == job.device_id]
         return found
 
-    def _send(self, device: Device, push: dict[str, Any]) -> DeliveryResult:
+    def _send(self, device: Device, push: dict[str, Any]) -> DeliveryResult | None:
+        """Deliver to one device; None when its host is at HOST_DELIVERIES_MAX."""
         provider = self.providers.get(device.kind)
         if provider is None:
             return DeliveryResult("rejected", detail=f"no provider for {device.kind}")
-        return provider.deliver(device, push)
+        host = (urlsplit(device.url).hostname or device.url).lower()
+        if self._host_deliveries[host] >= HOST_DELIVERIES_MAX:
+            return None
+        self._host_deliveries[host] += 1
+        try:
+            return provider.deliver(device, push)
+        finally:
+            self._host_deliveries[host] -= 1
+            if self._host_deliveries[host] <= 0:
+                del self._host_deliveries[host]
 
     def _remove(self, device: Device) -> None:
         try:

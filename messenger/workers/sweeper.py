@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import gevent
 import gevent.event
 import redis
 
@@ -31,7 +33,12 @@ logger = logging.getLogger(__name__)
 # Outbox rows younger than this are still being fanned out by their request.
 SWEEP_AFTER_SECS = 3.0
 TRIM_EVERY_SECS = 3600.0
-# Only one worker per database trims at a time.
+# A trim batch: at most this many events in one short transaction.
+TRIM_BATCH_ROWS = 5_000
+# Bounds of one trim pass (the next pass, an hour later, goes on).
+TRIM_MAX_BATCHES_PER_SHARD = 10_000
+TRIM_BUDGET_SECS = 600.0
+# Only one worker per database trims at a time (a lock per batch transaction).
 _TRIM_LOCK_KEY = 7_302_115_002
 
 
@@ -112,8 +119,22 @@ def sweep_once(
     return finished
 
 
-def trim_once(rt: Runtime, retention_days: int | None = None) -> int:
-    """Delete events older than the retention window; returns users touched."""
+def trim_once(
+    rt: Runtime,
+    retention_days: int | None = None,
+    *,
+    batch_rows: int = TRIM_BATCH_ROWS,
+    time_budget_secs: float = TRIM_BUDGET_SECS,
+    progress: Callable[[str], None] | None = None,
+) -> int:
+    """Delete events older than the retention window, in short batches; returns
+    the users touched (a user trimmed in two batches counts twice).
+
+    Each batch is its own transaction and locks its users in the fan-out's
+    order; a database whose trim another worker is running is skipped. Stops
+    after `time_budget_secs` (the next pass goes on where this one stopped).
+    `progress`, if given, hears about each shard done (the CLI prints it).
+    """
     router = rt.router
     days = (
         retention_days
@@ -121,14 +142,36 @@ def trim_once(rt: Runtime, retention_days: int | None = None) -> int:
         else rt.settings.event_retention_days
     )
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    touched = 0
+    deadline = time.monotonic() + time_budget_secs
+    touched = deleted = 0
     for dsn, shards in router.shard_map.shards_by_dsn().items():
-        with router.on_dsn(dsn, "trim_events") as cur:
-            if not event_store.try_lock(cur, _TRIM_LOCK_KEY):
-                continue
-            for shard in shards:
-                cur.schema = schema_name(shard)
-                touched += event_store.trim(cur, cutoff)
+        for shard in shards:
+            for _ in range(TRIM_MAX_BATCHES_PER_SHARD):
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "trim: stopped after %.0f s (%d events deleted); the next "
+                        "pass goes on",
+                        time_budget_secs,
+                        deleted,
+                    )
+                    return touched
+                with router.on_dsn(dsn, "trim_events") as cur:
+                    if not event_store.try_lock(cur, _TRIM_LOCK_KEY):
+                        break  # another worker trims this database now
+                    cur.schema = schema_name(shard)
+                    batch = event_store.trim_batch(cur, cutoff, batch_rows)
+                touched += batch.users_touched
+                deleted += batch.events_deleted
+                if batch.events_deleted < batch_rows:
+                    break
+                gevent.sleep(0)  # let requests in between batches
+            if progress is not None:
+                progress(
+                    f"trim: shard {shard} done ({deleted} events of {touched} "
+                    "users so far)"
+                )
+    if deleted:
+        logger.info("trim: %d events of %d users deleted", deleted, touched)
     return touched
 
 

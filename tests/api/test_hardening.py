@@ -391,3 +391,78 @@ def test_search_words_may_follow_a_newline(client: Any, make_user: Any) -> None:
     for blank in ("%20%0A", "%1C", "%EF%BB%BF"):  # space, newline, \x1c, the BOM
         r = client.get(f"/v1/search?q={blank}", headers=alice.headers)
         assert r.status_code == 422, blank
+
+
+def test_lone_surrogates_are_422_naming_the_field_on_any_text_field(
+    client: Any, make_user: Any, chat: Any
+) -> None:
+    # Checked against the running service: "\ud800" in a display name or a body
+    # answered 500 (UTF-8 can't encode it, so neither can PostgreSQL).
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    cases = [
+        (
+            "/v1/users",
+            None,
+            {"handle": "surr_user", "password": "x" * 10, "display_name": "a\ud800b"},
+            "display_name",
+        ),
+        (
+            f"/v1/conversations/{cid}/messages",
+            alice.headers,
+            {"client_msg_id": "s1", "body": "x\udfffy"},
+            "body",
+        ),
+        (
+            "/v1/conversations",
+            alice.headers,
+            {"kind": "group", "title": "\udc00", "member_ids": []},
+            "title",
+        ),
+        (
+            "/v1/sessions",
+            None,
+            {"handle": alice.handle, "password": "\ud83d" * 9},
+            "password",
+        ),
+        (
+            "/v1/devices",
+            alice.headers,
+            {"kind": "webhook", "url": "http://127.0.0.1/\ud800"},
+            "url",
+        ),
+    ]
+    for url, headers, body, field in cases:
+        raw = json.dumps(body)  # ensure_ascii: "\ud800" travels as an escape
+        r = client.post(
+            url, headers=headers or {}, data=raw, content_type="application/json"
+        )
+        assert r.status_code == 422, (url, r.status_code, r.get_data())
+        assert field in r.get_json()["error"]["fields"], r.get_json()
+    # A valid astral character (a surrogate pair in JSON) is still fine.
+    r = client.post(
+        f"/v1/conversations/{cid}/messages",
+        headers=alice.headers,
+        data=json.dumps({"client_msg_id": "s2", "body": "ok \U0001f600"}),
+        content_type="application/json",
+    )
+    assert r.status_code == 201 and r.get_json()["message"]["body"] == "ok \U0001f600"
+
+
+def test_metrics_method_label_is_bounded(client: Any, make_user: Any) -> None:
+    # Any token is a method to the HTTP parser: unauthenticated "X1", "X2", ...
+    # each made a labelled series of its own.
+    from messenger import metrics
+
+    def series() -> set[tuple[str, ...]]:
+        return {
+            tuple(sorted(s.labels.items()))
+            for m in metrics.REQUESTS.collect()
+            for s in m.samples
+        }
+
+    before = series()
+    for i in range(20):
+        client.open("/healthz", method=f"BOGUS{i}{secrets.token_hex(3).upper()}")
+    methods = {dict(s)["method"] for s in series() - before}
+    assert methods <= {"other"}, methods

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import psycopg2
 import pytest
 import redis
@@ -25,6 +26,7 @@ import redis
 from messenger.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
+    LocalServers,
     find_postgres_binaries,
     find_redis_server,
     free_port,
@@ -374,3 +376,55 @@ def test_wheel_binaries_the_postgres_user_cannot_reach_are_copied_and_run(
         assert reachable_binaries(private, account) == copied
     finally:
         shutil.rmtree(copied.bin_dir.parents[2], ignore_errors=True)
+
+
+def test_embedded_servers_need_their_passwords(
+    folder: Path, stop_later: Callable[[Server], Server]
+) -> None:
+    # Without passwords any local user could read every message in PostgreSQL
+    # and, through Redis, make validly signed fake pushes.
+    servers = LocalServers(folder, pg_port=free_port(), redis_port=free_port())
+    stop_later(servers.pg)
+    stop_later(servers.redis)
+    servers.start()
+    for server_dir in (servers.pg.data_dir, servers.redis.data_dir):
+        password = server_dir / "password"
+        assert password.stat().st_mode & 0o777 == 0o600
+        assert len(password.read_text().strip()) >= 24
+    assert servers.redis.data_dir.stat().st_mode & 0o777 == 0o700
+    # With the password (dsn(), url): in. Without it, or with another: refused.
+    assert redis.Redis.from_url(servers.redis.url).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=servers.redis.port).ping()
+    with pytest.raises(redis.RedisError):
+        redis.Redis(host="127.0.0.1", port=servers.redis.port, password="x").ping()
+    psycopg2.connect(servers.pg.dsn("postgres")).close()
+    no_password = f"postgresql://messenger@127.0.0.1:{servers.pg.port}/postgres"
+    for dsn in (no_password, no_password.replace("messenger@", "messenger:x@")):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(dsn, connect_timeout=5).close()
+    # The password is in no process's command line.
+    secret = servers.redis.password
+    for pid in (servers.redis.pid, servers.pg.pid):
+        assert pid is not None
+        assert secret not in " ".join(psutil.Process(pid).cmdline())
+
+
+def test_a_cluster_made_before_passwords_gets_one(
+    folder: Path, stop_later: Callable[[Server], Server]
+) -> None:
+    pg = EmbeddedPostgres(folder / "pg", free_port())
+    stop_later(pg)
+    pg.start()
+    pg_insert(pg, "kept")
+    pg.stop()
+    # As an earlier version left it: trust on loopback, no password set.
+    home = pg.cluster_dir.parent
+    (home / ".password-set").unlink()
+    (pg.cluster_dir / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    (pg.data_dir / "password").unlink()
+    pg.start()
+    assert pg_rows(pg) == ["kept"]  # with the new password, in dsn()
+    no_password = f"postgresql://messenger@127.0.0.1:{pg.port}/messenger"
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(no_password, connect_timeout=5).close()

@@ -156,6 +156,22 @@ def test_an_unregistered_poll_re_reads_on_a_short_interval(
         assert not waiter.wait(30)
 
 
+def test_degraded_re_reads_back_off_with_jitter(hub: Hub) -> None:
+    # A re-read every second from every held poll, all in step, while Redis was
+    # down: 10,000 polls made 10,000 queries a second per worker.
+    hub.redis_ok = False
+    waits: list[list[float]] = []
+    for _ in range(20):
+        with hub.listen(7) as waiter:
+            waits.append([waiter.recheck_secs() for _ in range(6)])
+    for seq in waits:
+        assert hub_module.DEGRADED_RECHECK_SECS / 2 <= seq[0] <= 1.0
+        assert seq[-1] > 2 * hub_module.DEGRADED_RECHECK_SECS
+        assert max(seq) <= hub_module.DEGRADED_RECHECK_MAX_SECS
+        assert sum(seq) > 10  # six re-reads span well over six seconds
+    assert len({round(seq[2], 6) for seq in waits}) > 10  # polls spread out
+
+
 def test_closing_the_client_socket_releases_the_poll(hub: Hub) -> None:
     server_side, client_side = socket.socketpair()
     try:

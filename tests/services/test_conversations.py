@@ -167,3 +167,26 @@ def test_non_member_sees_nothing(client: Any, make_user: Any, chat: Any) -> None
         client.get("/v1/conversations/999999999", headers=mallory.headers).status_code
         == 404
     )
+
+
+def test_conversation_list_page_stops_at_its_member_budget(
+    client: Any, make_user: Any, chat: Any, monkeypatch: Any
+) -> None:
+    # 200 groups of 500 members were 100,000 member objects in one answer.
+    from messenger.services import conversations
+
+    monkeypatch.setattr(conversations, "LIST_MEMBERS_MAX", 7)
+    alice = make_user()
+    others = [make_user() for _ in range(2)]
+    made = [chat.group(alice, others, title=f"g{n}") for n in range(5)]  # 3 each
+    seen: list[int] = []
+    cursor = None
+    for _ in range(10):
+        url = "/v1/conversations?limit=50" + (f"&before={cursor}" if cursor else "")
+        page = client.get(url, headers=alice.headers).get_json()
+        assert sum(len(c["members"]) for c in page["conversations"]) <= 7
+        seen += [c["id"] for c in page["conversations"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == made[::-1]

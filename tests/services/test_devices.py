@@ -1,11 +1,16 @@
 """/v1/devices: register, list, delete push targets; refused URLs."""
 
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
+import gevent
 import pytest
 
 from messenger.realtime import keys
 from messenger.services.devices import MAX_DEVICES_PER_USER
+from messenger.services.push_providers import RESOLVE_TIMEOUT_SECS
 
 HOOK = "http://127.0.0.1:9/hook"
 
@@ -185,3 +190,62 @@ def test_at_most_max_devices_per_user(client: Any, make_user: Any) -> None:
     assert register(client, user, f"{HOOK}/0").status_code == 201
     listed = client.get("/v1/devices", headers=user.headers).get_json()["devices"]
     assert len(listed) == MAX_DEVICES_PER_USER
+
+
+def test_concurrent_registrations_never_exceed_the_cap(
+    client: Any, make_user: Any
+) -> None:
+    # Each registration counted its own insert only: concurrent ones all fit.
+    user = make_user()
+    for n in range(MAX_DEVICES_PER_USER - 2):
+        assert register(client, user, f"{HOOK}/{n}").status_code == 201
+    jobs = [gevent.spawn(register, client, user, f"{HOOK}/race-{n}") for n in range(12)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    statuses = sorted(j.value.status_code for j in jobs)
+    assert statuses == [201] * 2 + [422] * 10, statuses
+    listed = client.get("/v1/devices", headers=user.headers).get_json()["devices"]
+    assert len(listed) == MAX_DEVICES_PER_USER
+
+
+@pytest.fixture
+def silent_dns() -> Iterator[tuple[str, socket.socket]]:
+    """A DNS server on 127.0.0.1 that reads every query and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}", sock
+    finally:
+        sock.close()
+
+
+def test_a_dns_server_that_never_answers_stalls_no_login(
+    client: Any, make_user: Any, override_settings: Any, silent_dns: Any
+) -> None:
+    # Lookups ran in gevent's thread pool, which also hashes passwords: slow DNS
+    # at device registration held logins back.
+    server, sock = silent_dns
+    override_settings(push_allow_private=False, push_dns_server=server)
+    users = [make_user() for _ in range(3)]
+    started = time.monotonic()
+    jobs = [
+        gevent.spawn(register, client, users[n % 3], f"https://n{n}.example.test/hook")
+        for n in range(30)
+    ]
+    gevent.sleep(0.2)  # every lookup is now waiting for its answer
+    login_started = time.monotonic()
+    for user in users:
+        r = client.post(
+            "/v1/sessions", json={"handle": user.handle, "password": user.password}
+        )
+        assert r.status_code == 201, r.get_json()
+    login_secs = time.monotonic() - login_started
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    took = time.monotonic() - started
+    # Unknown today is accepted (every delivery checks again), within the bound.
+    assert {j.value.status_code for j in jobs} == {201}
+    assert took < RESOLVE_TIMEOUT_SECS + 2, took
+    assert login_secs < 1.0, login_secs
+    # The lookups went to the configured server, not to the system's.
+    sock.settimeout(1)
+    query, _ = sock.recvfrom(512)
+    assert b"example" in query

@@ -1,5 +1,6 @@
 """Sending: ordered seqs, idempotent retries, history pages."""
 
+import secrets
 from typing import Any
 
 import gevent
@@ -70,6 +71,33 @@ def test_concurrent_retries_store_one_message(
     assert {j.value.get_json()["message"]["seq"] for j in jobs} == {1}
     nxt = chat.send(alice, cid, "after")
     assert nxt["seq"] == 2  # no seq was burnt by the refused duplicates
+
+
+def test_retried_sends_write_no_message_body_to_the_database_log(
+    client: Any, make_user: Any, chat: Any, services: Any
+) -> None:
+    # A retry raised a unique violation, logged by PostgreSQL with its statement,
+    # and so with the body.
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    body = "secret-" + secrets.token_hex(8)
+
+    def send() -> Any:
+        return client.post(
+            f"/v1/conversations/{cid}/messages",
+            headers=alice.headers,
+            json={"client_msg_id": "logged", "body": body},
+        )
+
+    assert send().status_code == 201
+    assert send().status_code == 200
+    jobs = [gevent.spawn(send) for _ in range(6)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    assert {j.value.status_code for j in jobs} == {200}
+    assert chat.send(alice, cid, "next")["seq"] == 2
+    log = services.pg.log_path.read_text(errors="replace")
+    assert body not in log
+    assert "messages_conversation_id_sender_id_client_msg_id_key" not in log
 
 
 def test_message_validation(client: Any, make_user: Any, chat: Any) -> None:

@@ -11,6 +11,7 @@ import http
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -760,3 +761,87 @@ def test_worker_killed_mid_job_is_requeued_and_delivered(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_queue_is_bounded_and_each_user_has_a_share(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    redis: Any,
+    monkeypatch: Any,
+) -> None:
+    # An unbounded queue: one user in many busy conversations filled it for all.
+    monkeypatch.setattr(push, "PUSH_USER_BATCHES_MAX", 2)
+    monkeypatch.setattr(push, "PUSH_BATCHES_MAX", 4)
+    alice, bob, carol, dave = make_user(), make_user(), make_user(), make_user()
+    for user in (bob, carol, dave):
+        add_device(client, user, receiver.url())
+    for n in range(4):  # four conversations with bob: only two batches
+        chat.send(alice, chat.group(alice, [bob], title=f"b{n}"), "for bob")
+    chat.send(alice, chat.direct(alice, carol), "for carol")
+    due = {m.decode().split(":")[0] for m in redis.zrange(keys.PUSH_DUE, 0, -1)}
+    assert redis.zcard(keys.PUSH_DUE) == 3 and str(carol.id) in due
+    chat.send(alice, chat.direct(alice, dave), "for dave")
+    chat.send(dave, chat.direct(dave, carol), "to carol, a new batch")
+    assert redis.zcard(keys.PUSH_DUE) == 4  # the bound
+    # Dropped batches leave no pending messages behind.
+    pending = list(redis.scan_iter(match="{push}:pending:*"))
+    assert len(pending) == 4
+
+
+class Tarpit:
+    """A receiver that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1000)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.acceptor = gevent.spawn(self._accept)
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.acceptor.kill()
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_users_tarpit_webhooks_do_not_stall_other_users_pushes(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    receiver: Receiver,
+    make_pusher: Any,
+    push_settings: Any,
+) -> None:
+    # Devices of a job were tried one after another (20 x the timeouts) by 10
+    # consumers in all: one user's tarpits held every consumer.
+    push_settings(push_coalesce_secs=0.1, push_timeout_secs=3)
+    tarpit = Tarpit()
+    try:
+        alice, mallory, bob = make_user(), make_user(), make_user()
+        for n in range(20):
+            add_device(client, mallory, f"http://127.0.0.1:{tarpit.port}/t/{n}")
+        add_device(client, bob, receiver.url("/bob"))
+        pusher = make_pusher(concurrency=4)
+        serving = gevent.spawn(pusher.run)
+        for n in range(6):  # six jobs for mallory, more than the consumers
+            chat.send(alice, chat.group(alice, [mallory], title=f"m{n}"), "slow")
+        gevent.sleep(0.5)  # mallory's jobs are taken first
+        started = time.monotonic()
+        chat.send(alice, chat.direct(alice, bob), "for bob")
+        wait_for(lambda: receiver.to("/bob"), timeout=20, what="bob's push")
+        took = time.monotonic() - started
+        assert took < 3, took
+        assert len(tarpit.held) > 1  # mallory's devices were being tried at once
+        pusher.stop()
+        serving.get(timeout=30)
+    finally:
+        tarpit.close()

@@ -152,6 +152,31 @@ def test_registrations_are_limited_per_address(client: Any, limits: Any) -> None
     assert int(r.headers["Retry-After"]) > 60  # an hour's window
 
 
+def test_an_ipv6_slash_64_counts_as_one_address(client: Any, limits: Any) -> None:
+    # One subscriber gets a whole /64: one address each request must not reset
+    # the budget.
+    limits("register=2/1h")
+    prefix = f"2001:db8:{secrets.randbelow(65535):x}:{secrets.randbelow(65535):x}"
+
+    def register(host: str) -> Any:
+        body = {"handle": "rl6_" + secrets.token_hex(5), "password": "long enough"}
+        return client.post(
+            "/v1/users", json=body, environ_base={"REMOTE_ADDR": f"{prefix}:{host}"}
+        )
+
+    assert register("0:0:0:1").status_code == 201
+    assert register("1:2:3:4").status_code == 201
+    assert_limited(register("dead:beef:0:7"))
+    # The next /64 is another subscriber.
+    other = {"REMOTE_ADDR": f"2001:db8:ffff:{secrets.randbelow(65535):x}::1"}
+    r = client.post(
+        "/v1/users",
+        json={"handle": "rl6_" + secrets.token_hex(5), "password": "long enough"},
+        environ_base=other,
+    )
+    assert r.status_code == 201
+
+
 def test_off_disables_every_limit(
     client: Any, make_user: Any, chat: Any, limits: Any
 ) -> None:
@@ -233,3 +258,42 @@ def test_rate_limit_setting_is_validated() -> None:
     for bad in ("send=5", "sends=5/1m", "send=0/10s", "send=5/10d"):
         with pytest.raises(ConfigError, match="MESSENGER_RATE_LIMITS"):
             load({"MESSENGER_RATE_LIMITS": bad})
+
+
+def test_login_and_registration_stay_limited_while_redis_is_down(
+    client: Any, make_user: Any, limits: Any
+) -> None:
+    # Every limit, login included, was off while Redis was down.
+    alice = make_user()
+    limits("login=3/60s,register=2/1h,send=1/60s")
+    rt = runtime.get()
+    working = rt.redis
+    dead = shared_client(f"redis://127.0.0.1:{free_port()}/0", 4)
+    here = address()
+    rt.redis = dead
+    try:
+        logins = [
+            client.post(
+                "/v1/sessions",
+                json={"handle": alice.handle, "password": "wrong guess"},
+                environ_base=here,
+            ).status_code
+            for _ in range(5)
+        ]
+        registrations = [
+            client.post(
+                "/v1/users",
+                json={
+                    "handle": "rd_" + secrets.token_hex(5),
+                    "password": "long enough",
+                },
+                environ_base=here,
+            ).status_code
+            for _ in range(3)
+        ]
+    finally:
+        rt.redis = working
+        dead.close()
+        ratelimit.reset_backoff()
+    assert logins == [401, 401, 401, 429, 429]
+    assert registrations == [201, 201, 429]

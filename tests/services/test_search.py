@@ -127,15 +127,52 @@ def test_search_expression_matches_the_index(shards: Any, make_user: Any) -> Non
                 (schema_name(shard),),
             )
             (indexdef,) = cur.fetchone()
-            assert "to_tsvector('english'::regconfig, body)" in indexdef
-    assert "to_tsvector('english', mb.body)" in search_store._SEARCH
+            assert "body_tsv" in indexdef
+    assert "mb.body_tsv @@" in search_store._SEARCH
     user = make_user()
     with shards.on_user(user.id, "test_explain_search") as cur:
         cur.execute("SET LOCAL enable_seqscan = off")
         plan = cur.run(
             "EXPLAIN SELECT 1 FROM {s}.mailbox mb "
-            "WHERE to_tsvector('english', mb.body) "
-            "@@ websearch_to_tsquery('english', %s)",
+            "WHERE mb.body_tsv @@ websearch_to_tsquery('english', %s)",
             ("apple",),
         ).fetchall()
     assert "mailbox_search" in "\n".join(row[0] for row in plan)
+
+
+def test_search_cost_is_bounded(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    override_settings: Any,
+    shards: Any,
+    monkeypatch: Any,
+) -> None:
+    # `q=-word` matched (and re-tokenised) a whole mailbox, under the general
+    # 15 s statement timeout, as often as a client liked.
+    alice, bob = make_user(), make_user()
+    cid = chat.direct(alice, bob)
+    chat.send(alice, cid, "apples and pears")
+    with shards.on_user(alice.id, "stored_tsvector") as cur:
+        (stored,) = cur.one(
+            "SELECT body_tsv::text FROM {s}.mailbox WHERE user_id = %s", (alice.id,)
+        )
+    assert "'appl'" in stored  # tokenised once, on insert
+    # A search that runs past its own timeout is a 422 naming q, not a 500/503.
+    override_settings(search_timeout_ms=50)
+    # (A search made slow on purpose: a real mailbox big enough takes minutes.)
+    slow = search_store._SEARCH.replace(
+        "WHERE mb.user_id", "WHERE pg_sleep(0.2) IS NOT NULL AND mb.user_id"
+    )
+    monkeypatch.setattr(search_store, "_SEARCH", slow)
+    r = client.get("/v1/search?q=-zebra", headers=alice.headers)
+    monkeypatch.undo()
+    assert r.status_code == 422, r.get_json()
+    assert "q" in r.get_json()["error"]["fields"]
+    # And searches are limited per user.
+    override_settings(search_timeout_ms=2000, rate_limits="search=3/60s")
+    codes = [
+        client.get("/v1/search?q=apples", headers=alice.headers).status_code
+        for _ in range(4)
+    ]
+    assert codes == [200, 200, 200, 429]

@@ -199,3 +199,34 @@ def test_depth_counts_ready_retrying_and_due_work(
     redis.zadd(keys.PUSH_RETRY, {_job(3): time.time() + 60})
     _batch(redis, 12, time.time() + 60, "later")
     assert queue.depth() == 4
+
+
+def test_push_dlq_lists_and_replays_dead_letters(
+    services: Services, redis: redis_lib.Redis, capsys: Any, monkeypatch: Any
+) -> None:
+    from messenger import cli
+
+    for name, value in services.env().items():
+        monkeypatch.setenv(name, value)
+    dead = [
+        _job(1, attempt=8, error="HTTP 500"),
+        _job(2, attempt=8, device_id=44, error="timed out"),
+    ]
+    redis.lpush(keys.PUSH_DEAD, *dead)
+    redis.lpush(keys.PUSH_DEAD, b"not a job")
+    assert cli.main(["push-dlq", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "3 dead-lettered jobs" in out
+    assert "job 2: user 12, conversation 9, 1 messages, device 44" in out
+    assert "HTTP 500" in out and "(not a job)" in out
+
+    assert cli.main(["push-dlq", "replay", "--limit", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "2 jobs queued again" in out and "push-dlq replay [" in out
+    queued = [Job.parse(raw) for raw in redis.lrange(keys.PUSH_QUEUE, 0, -1)]
+    assert sorted((j.job_id, j.attempt, j.device_id) for j in queued) == [
+        (1, 0, None),
+        (2, 0, 44),
+    ]
+    assert all(j.error is None for j in queued)
+    assert redis.lrange(keys.PUSH_DEAD, 0, -1) == [b"not a job"]
