@@ -7,6 +7,7 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     from messenger.api import (
+        attachments,
         conversations,
         devices,
         events,
@@ -22,6 +23,7 @@ def register_blueprints(app: Flask) -> None:
         users,
         conversations,
         messages,
+        attachments,
         events,
         presence,
         search,

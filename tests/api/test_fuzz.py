@@ -34,6 +34,13 @@ RULES_BEYOND_THE_SCHEMA = {
     "POST /v1/conversations/{conversation_id}/receipts": "a seq beyond the last one",
     "POST /v1/devices": "a URL that isn't http(s) to a public host",
     "GET /v1/events": "a cursor the server never gave (410)",
+    "POST /v1/conversations/{conversation_id}/messages": (
+        "a reply_to beyond the last seq, attachments that are not the sender's"
+    ),
+    "PATCH /v1/conversations/{conversation_id}/messages/{seq}": (
+        "an empty body on a message without attachments"
+    ),
+    "POST /v1/attachments": "an empty body, an image type whose bytes don't decode",
 }
 
 
