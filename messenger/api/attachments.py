@@ -193,8 +193,8 @@ def _range(size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size - 1
     start = int(first)
     end = int(last) if last else size - 1
-    if end < start:
-        return None
+    if last and end < start:
+        return None  # not a valid range: ignored (RFC 9110, 14.2)
     if start >= size:
         raise RangeNotSatisfiable(size)
     return start, min(end, size - 1)

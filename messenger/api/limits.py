@@ -36,6 +36,7 @@ def per_address(name: str) -> None:
 # size limit: nothing reads it up front, and the 64 KiB limit is lifted for them
 # alone.
 STREAMED_BODY_ENDPOINTS = frozenset({"attachments.upload"})
+STREAMED_BODY_MAX_BYTES = 2**62
 
 
 def _bound_slow_clients() -> None:
@@ -45,7 +46,8 @@ def _bound_slow_clients() -> None:
         max_poll_secs = runtime.get().settings.poll_timeout_max_secs
         sock.settimeout(max_poll_secs + SOCKET_TIMEOUT_MARGIN_SECS)
     if request.endpoint in STREAMED_BODY_ENDPOINTS:
-        request.max_content_length = None
+        # None would mean "the app's limit"; the route counts bytes itself.
+        request.max_content_length = STREAMED_BODY_MAX_BYTES
         return
     if request.method in ("POST", "PUT", "PATCH", "DELETE") and (
         request.content_length or request.headers.get("Transfer-Encoding")
