@@ -913,3 +913,51 @@ def test_attach_by_drag_and_drop_and_paste_and_send_without_text(
     expect(item.get_by_test_id("conversation-preview")).to_contain_text("2 files")
     last = history(web, bob, cid)[-1]
     assert last["body"] == "" and len(last["attachments"]) == 2
+
+
+def test_a_quote_of_a_message_beyond_the_first_page_loads_it_on_click(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    r = requests.post(
+        f"{web.url}/v1/conversations",
+        headers=alice.headers,
+        json={"kind": "direct", "user_id": bob.id},
+        timeout=10,
+    )
+    cid = r.json()["conversation"]["id"]
+    url = f"{web.url}/v1/conversations/{cid}/messages"
+    bodies = ["the ancient question"] + [f"chatter {i}" for i in range(60)]
+    for i, body in enumerate(bodies):
+        sent = requests.post(
+            url,
+            headers=alice.headers,
+            json={"client_msg_id": f"m{i}", "body": body},
+            timeout=10,
+        )
+        assert sent.status_code == 201
+    reply = requests.post(
+        url,
+        headers=bob.headers,
+        json={"client_msg_id": "r", "body": "the late answer", "reply_to": 1},
+        timeout=10,
+    )
+    assert reply.status_code == 201
+    page = open_page()
+    log_in(page, bob)
+    tid(page, "conversation-item").filter(has_text="Alice").click()
+    answer = message(page, "the late answer")
+    expect(answer).to_have_count(1)
+    quote = answer.get_by_test_id("reply-quote")
+    expect(quote).to_have_attribute("data-reply-to", "1")
+    expect(message(page, "the ancient question")).to_have_count(0)  # not loaded yet
+    quote.click()
+    target = message(page, "the ancient question")
+    expect(target).to_have_attribute("data-highlighted", "true")
+    expect(target).to_be_in_viewport()
+    # The quote now names what it quotes.
+    expect(
+        message(page, "the late answer").get_by_test_id("reply-quote")
+    ).to_contain_text("the ancient question")

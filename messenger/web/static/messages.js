@@ -241,11 +241,7 @@ export function updateMessage(message) {
   const chat = state.chat;
   if (!chat || chat.id !== message.conversation_id) return;
   if (!chat.messages.has(message.seq)) return;
-  addMessages([message]);
-  // Replies quoting it show its new text.
-  for (const other of chat.messages.values()) {
-    if (other.reply_to === message.seq) addMessages([other]);
-  }
+  addMessages([message]); // replies quoting it follow (refreshQuotes)
 }
 
 /** Insert or update confirmed messages of the open chat, in seq order. */
@@ -281,6 +277,21 @@ export function addMessages(messages) {
       else break;
     }
     list.insertBefore(el, before);
+  }
+  refreshQuotes(messages);
+}
+
+/** Replies on screen quoting any of these messages show their current text (a
+ * quoted message loaded later, edited or deleted). */
+function refreshQuotes(messages) {
+  const chat = state.chat;
+  const changed = new Set(messages.map((m) => m.seq));
+  const conv = state.conversations.get(chat.id);
+  for (const other of chat.messages.values()) {
+    if (!other.reply_to || !changed.has(other.reply_to) || changed.has(other.seq)) continue;
+    const el = messageElement(other, conv);
+    chat.elements.get(other.seq).replaceWith(el);
+    chat.elements.set(other.seq, el);
   }
 }
 
