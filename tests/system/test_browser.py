@@ -824,6 +824,14 @@ def test_attach_by_button_with_a_progress_bar_and_inline_thumbnails(
         timeout=UI_TIMEOUT_MS,
     )
     screenshot(alice_page, "upload-progress")
+    # A file removed while it uploads is cancelled and leaves the tray.
+    tid(alice_page, "file-input").set_input_files(
+        [{"name": "oops.bin", "mimeType": "application/octet-stream", "buffer": big}]
+    )
+    oops = tid(alice_page, "upload-item").filter(has_text="oops.bin")
+    expect(oops).to_have_attribute("data-state", "uploading")
+    oops.get_by_test_id("upload-remove").click()
+    expect(oops).to_have_count(0)
     cdp.send(
         "Network.emulateNetworkConditions",
         {

@@ -194,10 +194,11 @@ export const removeReaction = (conversationId, seq) =>
 // Attachments
 /**
  * Upload a file's raw bytes with XMLHttpRequest (fetch reports no upload progress).
- * onProgress(loaded, total) is called as the bytes go out. Resolves to the Attachment;
- * rejects with an ApiError or a NetworkError like request().
+ * onProgress(loaded, total) is called as the bytes go out; `signal` (an AbortSignal)
+ * cancels it. Resolves to the Attachment; rejects with an ApiError or a NetworkError
+ * like request(), or an AbortError.
  */
-export function uploadAttachment(file, onProgress) {
+export function uploadAttachment(file, onProgress, signal) {
   return new Promise((resolve, reject) => {
     const token = currentToken;
     if (!token) {
@@ -214,6 +215,8 @@ export function uploadAttachment(file, onProgress) {
       if (ev.lengthComputable) onProgress(ev.loaded, ev.total);
     };
     xhr.onerror = () => reject(new NetworkError());
+    xhr.onabort = () => reject(new DOMException("The upload was cancelled.", "AbortError"));
+    if (signal) signal.addEventListener("abort", () => xhr.abort(), { once: true });
     xhr.onload = () => {
       let data = null;
       try {

@@ -30,6 +30,7 @@ export function hasUploads() {
 }
 
 export function clearUploads() {
+  for (const item of tray()) if (item.state === "uploading") item.controller.abort();
   state.uploads = [];
   renderTray();
 }
@@ -54,6 +55,7 @@ export function addFiles(files) {
       loaded: 0,
       error: null,
       attachment: null,
+      controller: new AbortController(),
     };
     items.push(item);
     upload(item);
@@ -63,12 +65,17 @@ export function addFiles(files) {
 
 async function upload(item) {
   try {
-    item.attachment = await api.uploadAttachment(item.file, (loaded) => {
-      item.loaded = loaded;
-      updateProgress(item);
-    });
+    item.attachment = await api.uploadAttachment(
+      item.file,
+      (loaded) => {
+        item.loaded = loaded;
+        updateProgress(item);
+      },
+      item.controller.signal,
+    );
     item.state = "done";
   } catch (err) {
+    if (err && err.name === "AbortError") return; // removed from the tray
     item.state = "failed";
     item.error = api.describeError(err);
   }
@@ -116,8 +123,10 @@ function renderTray() {
           "aria-label": `Remove ${item.file.name || "file"}`,
           dataset: { testid: "upload-remove" },
           onclick: () => {
+            item.controller.abort(); // stops an upload still under way
             state.uploads = tray().filter((i) => i !== item);
             renderTray();
+            $("message-input").focus();
           },
         }),
       );
