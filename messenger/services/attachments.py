@@ -29,7 +29,7 @@ import gevent
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from messenger import runtime
-from messenger.errors import NotFound, PayloadTooLarge, ValidationFailed
+from messenger.errors import BadRequest, NotFound, PayloadTooLarge, ValidationFailed
 from messenger.models import Attachment
 from messenger.runtime import Runtime
 from messenger.storage import attachments as store
@@ -99,6 +99,7 @@ def upload(
     each chunk may take). Nothing is stored when it fails.
 
     Raises:
+        BadRequest: fewer bytes arrived than the request declared.
         PayloadTooLarge: more than attachment_max_bytes (declared or sent).
         ValidationFailed: an empty body, or a raster image type whose bytes do
             not decode as an image.
@@ -110,6 +111,11 @@ def upload(
     spool = rt.blobs.spool_dir() / f"upload-{secrets.token_hex(8)}"
     try:
         digest, size = _receive(chunks, spool, max_bytes)
+        if declared_size is not None and size != declared_size:
+            # The client went away mid-upload: never store a truncated file.
+            raise BadRequest(
+                f"The upload ended after {size} of its {declared_size} bytes."
+            )
         if size == 0:
             raise ValidationFailed(
                 "The request is not valid.", fields={"body": ["The file is empty."]}

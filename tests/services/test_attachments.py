@@ -479,3 +479,20 @@ def test_bytes_shared_by_two_uploads_stay_while_one_remains(
     assert fetch(client, alice, first["id"]) == 404
     r = client.get(f"/v1/attachments/{second['id']}", headers=bob.headers)
     assert r.status_code == 200 and r.data == data
+
+
+def test_an_upload_cut_short_is_a_400_and_leaves_nothing(
+    client: Any, make_user: Any
+) -> None:
+    alice = make_user()
+    r = client.post(
+        "/v1/attachments?filename=cut.bin",
+        headers={**alice.headers, "Content-Type": "application/octet-stream"},
+        input_stream=io.BytesIO(b"only the start"),
+        # As gunicorn hands over a client that hung up mid-body: its stream just
+        # ends, fewer bytes than promised (werkzeug does not count them then).
+        environ_overrides={"CONTENT_LENGTH": "100000", "wsgi.input_terminated": True},
+    )
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"]["code"] == "bad_request"
+    assert list(runtime.get().blobs.spool_dir().iterdir()) == []
