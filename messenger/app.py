@@ -30,7 +30,8 @@ _SECURITY_HEADERS = {
 }
 _PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    # blob: for attachments, fetched with the bearer token and shown as blob URLs.
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 

@@ -7,9 +7,9 @@ imported.
   fan-out, wherever it runs (a request, the sweeper, `messenger sweep`), queues
   pushes for offline members. Starts nothing.
 - `start(rt)`: this worker's background work: the wake-up dispatcher, the outbox
-  sweeper, the presence tracker (whose notes the poll hooks feed) and the
-  revocation listener (which keeps the token cache honest). Returns a
-  Background that stops all of it.
+  sweeper (with its hourly removal of uploads never sent), the presence tracker
+  (whose notes the poll hooks feed) and the revocation listener (which keeps the
+  token cache honest). Returns a Background that stops all of it.
 
 gunicorn workers (wsgi.py) and the tests call both; `messenger sweep` and
 `trim-events` only build.
@@ -27,14 +27,17 @@ from messenger.realtime.dispatcher import Dispatcher
 from messenger.realtime.presence import PresenceBoard
 from messenger.realtime.revocations import RevocationListener
 from messenger.runtime import Runtime
-from messenger.services import blocks, presence, push, sessions
+from messenger.services import attachments, blocks, presence, push, sessions
 from messenger.settings import Settings
-from messenger.workers.sweeper import SweepLoop
+from messenger.workers.sweeper import Chore, SweepLoop
 
 logger = logging.getLogger(__name__)
 
 # How long stop() waits for each background greenlet to finish what it is doing.
 STOP_TIMEOUT_SECS = 2.0
+# Uploads never sent are removed after a day; looking hourly keeps them at most
+# an hour past that.
+COLLECT_ATTACHMENTS_EVERY_SECS = 3600.0
 
 
 def build(settings: Settings) -> Runtime:
@@ -84,7 +87,10 @@ def start(rt: Runtime) -> Background:
     dispatcher = Dispatcher(
         rt.settings.redis_url or "", rt.worker_id, rt.hub, rt.registry
     )
-    sweeper = SweepLoop(rt)
+    sweeper = SweepLoop(
+        rt,
+        [Chore("gc-attachments", COLLECT_ATTACHMENTS_EVERY_SECS, attachments.collect)],
+    )
     tracker = presence.Tracker(rt, PresenceBoard(rt.redis))
     presence.use_tracker(tracker)
     rt.hub.on_poll_start.append(tracker.note)

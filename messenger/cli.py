@@ -1,5 +1,5 @@
 """The `messenger` command: run (embedded default), migrate, sweep, trim-events,
-push-worker, backup, restore, doctor."""
+push-worker, backup, restore, doctor, gc-attachments."""
 
 from __future__ import annotations
 
@@ -108,6 +108,31 @@ def cmd_push_dlq(settings: Settings, action: str, limit: int) -> int:
         return 0
     finally:
         client.close()
+
+
+def cmd_gc_attachments(settings: Settings) -> int:
+    """Remove uploads no message carries, past attachment_unsent_hours, showing
+    progress shard by shard (every worker also does it hourly)."""
+    from messenger.services import attachments
+
+    is_tty = sys.stdout.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if is_tty:
+            width = 30
+            filled = int(width * done / total) if total else width
+            end = "\n" if done == total else ""
+            sys.stdout.write(
+                f"\rgc-attachments [{'#' * filled}{'.' * (width - filled)}] "
+                f"{done}/{total} shards{end}"
+            )
+        else:
+            sys.stdout.write(f"gc-attachments: {done}/{total} shards\n")
+        sys.stdout.flush()
+
+    removed = attachments.collect(_runtime(settings), progress)
+    _say(f"gc-attachments: removed {removed} uploads never sent")
+    return 0
 
 
 def cmd_push_worker(settings: Settings) -> int:
@@ -338,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     trim = sub.add_parser("trim-events", help="delete events past retention")
     trim.add_argument("--days", type=int, help="override the retention window")
     sub.add_parser(
+        "gc-attachments",
+        help="remove uploads no message carries after MESSENGER_ATTACHMENT_"
+        "UNSENT_HOURS (workers also do it hourly)",
+    )
+    sub.add_parser(
         "push-worker",
         help="deliver push notifications to offline users' devices (until SIGTERM)",
     )
@@ -412,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sweep(settings)
         if args.command == "trim-events":
             return cmd_trim(settings, args.days)
+        if args.command == "gc-attachments":
+            return cmd_gc_attachments(settings)
         if args.command == "push-worker":
             return cmd_push_worker(settings)
         if args.command == "push-dlq":

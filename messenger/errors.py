@@ -77,6 +77,16 @@ class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
+class RangeNotSatisfiable(ApiError):
+    status, code = 416, "range_not_satisfiable"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            "The range is past the end of the file.",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+
+
 class ValidationFailed(ApiError):
     status, code = 422, "validation_failed"
 

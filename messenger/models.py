@@ -16,13 +16,42 @@ class User:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """An uploaded file's metadata; its bytes are in the blob store under sha256."""
+
+    attachment_id: int
+    uploader_id: int
+    content_type: str
+    size: int
+    filename: str
+    sha256: str
+    width: int | None
+    height: int | None
+    created_at: datetime
+
+    @property
+    def is_image(self) -> bool:
+        """A raster image whose bytes decoded (it has dimensions)."""
+        return self.width is not None
+
+
+@dataclass(frozen=True)
 class Message:
+    """A message as it is now. A deleted one is a tombstone: body "", reply_to
+    None, no reactions, no attachments."""
+
     conversation_id: int
     seq: int
     sender_id: int
     client_msg_id: str
     body: str
     created_at: datetime
+    reply_to: int | None = None
+    edited_at: datetime | None = None
+    deleted: bool = False
+    # emoji → the ids of the members who reacted with it, ascending.
+    reactions: dict[str, list[int]] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import redis
 
+from messenger.blobs import BlobStore
+from messenger.blobs import from_settings as blob_store
 from messenger.realtime.connections import shared_client
 from messenger.realtime.hub import Hub
 from messenger.realtime.wakeups import Registry, Waker
@@ -41,6 +43,7 @@ class Runtime:
     hub: Hub
     registry: Registry
     waker: Waker
+    blobs: BlobStore
     after_fanout: list[AfterFanout] = field(default_factory=list)
 
     def close(self) -> None:
@@ -69,7 +72,8 @@ def build(settings: Settings) -> Runtime:
     # A held poll registers in Redis through its hub (Hub.listen).
     hub.register = registry.ensure
     waker = Waker(client, worker_id, hub)
-    return Runtime(settings, router, client, worker_id, hub, registry, waker)
+    blobs = blob_store(settings)
+    return Runtime(settings, router, client, worker_id, hub, registry, waker, blobs)
 
 
 def install(runtime: Runtime) -> None:

@@ -134,6 +134,27 @@ def _read_dns_server(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
     return text
 
 
+def _read_blob_store(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    if raw.startswith("s3://"):
+        if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/|\?|$)", raw):
+            raise ConfigError(
+                f"{name} must look like s3://bucket?endpoint=..., not {raw[:40]!r}."
+            )
+        return raw
+    if raw.startswith("file:///"):
+        return raw
+    raise ConfigError(f"{name} must be an s3:// or file:/// URL, not {raw[:40]!r}.")
+
+
+def _read_accel_prefix(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
+    if not re.match(r"^/[A-Za-z0-9_/-]*/\Z", raw):
+        raise ConfigError(
+            f"{name} must be an internal location of nginx such as "
+            f"/_attachments/, not {raw[:40]!r}."
+        )
+    return raw
+
+
 def _read_log_level(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
     return raw.upper()
 
@@ -341,6 +362,34 @@ class Settings:
     push_concurrency: int = setting(
         10, "deliveries in flight per push worker process", lo=1, hi=1000
     )
+    attachment_store: str = setting(
+        "",
+        "where attachment bytes live: `s3://bucket/prefix?endpoint=http://host:port"
+        "&region=r` (credentials: boto3's `AWS_*` variables) or `file:///path`",
+        shown="`<data dir>/attachments`",
+        read=_read_blob_store,
+    )
+    attachment_max_bytes: int = setting(
+        25 * 1024 * 1024,
+        "the largest upload (bytes); larger ones get 413",
+        lo=1,
+        hi=2**40,
+    )
+    attachment_unsent_hours: float = setting(
+        24.0,
+        "uploads no message carries are removed after this long "
+        "(`messenger gc-attachments`, and hourly in every worker)",
+        lo=0.01,
+        hi=24 * 365,
+    )
+    attachment_accel_redirect: str = setting(
+        "",
+        "nginx's internal location of the attachment folder (`/_attachments/`, see "
+        "deploy/nginx.conf): downloads are then sent by nginx (X-Accel-Redirect); "
+        "folder store only",
+        shown="– (the app sends them)",
+        read=_read_accel_prefix,
+    )
     log_level: str = setting(
         "INFO",
         "`DEBUG`, `INFO`, `WARNING`, `ERROR`",
@@ -440,6 +489,9 @@ RATE_LIMIT_DEFAULTS: Mapping[str, DefaultRateLimit] = {
     "search": DefaultRateLimit(
         RateLimit(30, 60), "user", "searches that read a whole mailbox each"
     ),
+    # Edits and deletes count together: both rewrite what others already read.
+    "edit": DefaultRateLimit(RateLimit(30, 10), "user", "edit and delete floods"),
+    "reaction": DefaultRateLimit(RateLimit(60, 10), "user", "reaction floods"),
     "register": DefaultRateLimit(
         RateLimit(20, 3600), "client address", "account farming"
     ),
@@ -474,8 +526,9 @@ RATE_LIMIT_DEFAULTS: Mapping[str, DefaultRateLimit] = {
     "device": DefaultRateLimit(
         RateLimit(10, 3600), "user", "registering push devices in a loop"
     ),
+    # A burst of photos fits; a loop filling the attachment store does not.
     "upload": DefaultRateLimit(
-        RateLimit(60, 3600), "user", "attachment uploads (POST /v1/attachments)"
+        RateLimit(100, 3600), "user", "attachment uploads (POST /v1/attachments)"
     ),
     "password": DefaultRateLimit(
         RateLimit(10, 3600),

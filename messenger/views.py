@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from messenger.models import Conversation, Member, Message
+from messenger.models import Attachment, Conversation, Member, Message
 
 
 def format_time(value: datetime) -> str:
@@ -33,6 +33,26 @@ def message_json(message: Message) -> dict[str, Any]:
         "client_msg_id": message.client_msg_id,
         "body": message.body,
         "created_at": format_time(message.created_at),
+        "reply_to": message.reply_to,
+        "edited_at": format_time(message.edited_at) if message.edited_at else None,
+        "deleted": message.deleted,
+        "reactions": {emoji: list(ids) for emoji, ids in message.reactions.items()},
+        "attachments": [attachment_json(a) for a in message.attachments],
+    }
+
+
+def attachment_json(attachment: Attachment) -> dict[str, Any]:
+    """An Attachment (schemas.attachments.AttachmentOut). Also the stored form in
+    a message's `attachments` column: storage/messages.py reads it back."""
+    return {
+        "id": attachment.attachment_id,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "filename": attachment.filename,
+        "sha256": attachment.sha256,
+        "width": attachment.width,
+        "height": attachment.height,
+        "created_at": format_time(attachment.created_at),
     }
 
 

@@ -57,6 +57,8 @@ class Services:
             "MESSENGER_LOG_LEVEL": "WARNING",
             "MESSENGER_SWEEPER_INTERVAL_SECS": "0.5",
             "MESSENGER_DB_POOL_SIZE": "20",
+            # Attachments (and any other data) inside the run's folder.
+            "MESSENGER_DATA_DIR": str(self.root / "data"),
         }
         env.update(extra)
         return env
@@ -230,6 +232,17 @@ def require_program(program: str, package: str) -> str:
             pytest.fail(f"{reason}; CI must install it: see .ci/run")
         pytest.skip(reason)
     return path
+
+
+def png_bytes(width: int = 4, height: int = 3, color: str = "red") -> bytes:
+    """A small PNG made with Pillow (test data made here, not shipped)."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "PNG")
+    return out.getvalue()
 
 
 _handles = itertools.count(1)

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from messenger.models import Conversation, Member, Message
+from messenger.models import Attachment, Conversation, Member, Message
 from messenger.schemas.conversations import ConversationOut
-from messenger.schemas.messages import MessageOut
-from messenger.views import conversation_json, format_time, message_json
+from messenger.schemas.messages import AttachmentOut, MessageOut
+from messenger.storage.messages import attachment_from_json
+from messenger.views import (
+    attachment_json,
+    conversation_json,
+    format_time,
+    message_json,
+)
 
 AT = datetime(2026, 11, 26, 21, 47, 42, 123456, tzinfo=UTC)
 MESSAGE = Message(42, 7, 17, "c-101", "Are you coming?", AT)
@@ -22,8 +28,33 @@ def test_format_time_is_utc_with_milliseconds() -> None:
     assert format_time(paris) == "2026-11-26T21:47:42.123Z"
 
 
-def test_message_json_is_the_message_schema() -> None:
-    assert message_json(MESSAGE) == MessageOut().dump(MESSAGE)
+PHOTO = Attachment(90, 17, "image/png", 2048, "cat.png", "ab" * 32, 640, 480, AT)
+FILE = Attachment(91, 17, "application/pdf", 10, "a.pdf", "cd" * 32, None, None, AT)
+FULL_MESSAGE = Message(
+    42,
+    8,
+    17,
+    "c-102",
+    "",
+    AT,
+    reply_to=7,
+    edited_at=AT + timedelta(minutes=3),
+    reactions={"👍": [17, 18], "🎉": [19]},
+    attachments=(PHOTO, FILE),
+)
+
+
+@pytest.mark.parametrize("message", [MESSAGE, FULL_MESSAGE])
+def test_message_json_is_the_message_schema(message: Message) -> None:
+    assert message_json(message) == MessageOut().dump(message)
+
+
+def test_attachment_json_is_the_schema_and_reads_back() -> None:
+    for attachment in (PHOTO, FILE):
+        assert attachment_json(attachment) == AttachmentOut().dump(attachment)
+        # The stored form in a message's attachments column reads back (to the ms).
+        again = attachment_from_json(attachment_json(attachment), 17)
+        assert attachment_json(again) == attachment_json(attachment)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     from messenger.api import (
+        attachments,
         blocks,
         conversations,
         devices,
@@ -24,6 +25,7 @@ def register_blueprints(app: Flask) -> None:
         blocks,
         conversations,
         messages,
+        attachments,
         events,
         presence,
         search,

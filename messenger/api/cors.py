@@ -12,11 +12,13 @@ from flask import Flask, Response, request
 
 from messenger import runtime
 
-ALLOWED_METHODS = "GET, POST, PATCH, DELETE"
-ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-ID"
+ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE"
+# Range and If-None-Match: partial and conditional downloads of attachments.
+ALLOWED_HEADERS = "Authorization, Content-Type, X-Request-ID, Range, If-None-Match"
 # Headers a browser script may read besides the CORS-safelisted ones: when to retry
-# (429, 503) and the id to quote in a bug report.
-EXPOSED_HEADERS = "Retry-After, X-Request-ID"
+# (429, 503), the id to quote in a bug report, and a download's part, version and
+# name.
+EXPOSED_HEADERS = "Retry-After, X-Request-ID, Content-Range, ETag, Content-Disposition"
 # How long a browser may reuse a preflight answer: short, so that removing an origin
 # takes effect within minutes (Chromium caps it at 2 h anyway).
 PREFLIGHT_MAX_AGE_SECS = 600

@@ -51,12 +51,23 @@ def address_key(address: str | None) -> str:
     return str(ip)
 
 
+# Routes that read their (large) body themselves, as a stream, with their own
+# size limit: nothing reads it up front, and the 64 KiB limit is lifted for them
+# alone.
+STREAMED_BODY_ENDPOINTS = frozenset({"attachments.upload"})
+STREAMED_BODY_MAX_BYTES = 2**62
+
+
 def _bound_slow_clients() -> None:
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
         # Bounds each send of the answer (and reads of a pipelined request).
         max_poll_secs = runtime.get().settings.poll_timeout_max_secs
         sock.settimeout(max_poll_secs + SOCKET_TIMEOUT_MARGIN_SECS)
+    if request.endpoint in STREAMED_BODY_ENDPOINTS:
+        # None would mean "the app's limit"; the route counts bytes itself.
+        request.max_content_length = STREAMED_BODY_MAX_BYTES
+        return
     if request.method in ("POST", "PUT", "PATCH", "DELETE") and (
         request.content_length or request.headers.get("Transfer-Encoding")
     ):

@@ -13,7 +13,9 @@ from messenger.api.operation import operation
 from messenger.schemas import envelopes as env
 from messenger.schemas.base import load
 from messenger.schemas.messages import (
+    EditMessageIn,
     HistoryQuery,
+    ReactionIn,
     ReceiptIn,
     SendMessageIn,
 )
@@ -87,3 +89,72 @@ def typing(conversation_id: int) -> Any:
     limits.per_user("typing_conversation", scope=path_id(conversation_id))
     typing_indicator.announce(g.user_id, conversation_id)
     return "", 204
+
+
+@bp.patch("/conversations/<int:conversation_id>/messages/<int:seq>")
+@operation(
+    "Edit a message's body (its sender only); sets edited_at.",
+    body=EditMessageIn,
+    responses={200: env.MessageEnvelope},
+    rate_limited=True,
+    errors=(403, 409),
+    descriptions={
+        403: "Another member's message.",
+        409: "The message is deleted.",
+    },
+)
+@authenticated
+def edit_message(conversation_id: int, seq: int) -> Any:
+    limits.per_user("edit")
+    data = load(EditMessageIn(), request_json())
+    message = messages.edit(
+        g.user_id, path_id(conversation_id), path_id(seq), data["body"]
+    )
+    return {"message": message_json(message)}
+
+
+@bp.delete("/conversations/<int:conversation_id>/messages/<int:seq>")
+@operation(
+    "Delete a message (its sender, or the group's owner): a tombstone keeps the seq.",
+    responses={204: None},
+    rate_limited=True,
+    errors=(403,),
+    descriptions={403: "Another member's message (and the caller owns no group)."},
+)
+@authenticated
+def delete_message(conversation_id: int, seq: int) -> Any:
+    limits.per_user("edit")
+    messages.delete(g.user_id, path_id(conversation_id), path_id(seq))
+    return "", 204
+
+
+@bp.put("/conversations/<int:conversation_id>/messages/<int:seq>/reaction")
+@operation(
+    "Set the caller's one reaction on a message (a new one replaces the old).",
+    body=ReactionIn,
+    responses={200: env.MessageEnvelope},
+    rate_limited=True,
+    errors=(409,),
+    descriptions={409: "The message is deleted."},
+)
+@authenticated
+def set_reaction(conversation_id: int, seq: int) -> Any:
+    limits.per_user("reaction")
+    data = load(ReactionIn(), request_json())
+    message = messages.react(
+        g.user_id, path_id(conversation_id), path_id(seq), data["emoji"]
+    )
+    return {"message": message_json(message)}
+
+
+@bp.delete("/conversations/<int:conversation_id>/messages/<int:seq>/reaction")
+@operation(
+    "Remove the caller's reaction from a message (none: nothing changes).",
+    responses={200: env.MessageEnvelope},
+    rate_limited=True,
+)
+@authenticated
+def remove_reaction(conversation_id: int, seq: int) -> Any:
+    limits.per_user("reaction")
+    message = messages.react(g.user_id, path_id(conversation_id), path_id(seq), None)
+    return {"message": message_json(message)}

@@ -30,7 +30,7 @@ from messenger.schemas import envelopes as env
 from messenger.schemas.base import BIGINT_MAX, UtcTime
 from messenger.schemas.conversations import ConversationOut, MemberOut
 from messenger.schemas.devices import DeviceOut, RegisteredDeviceOut
-from messenger.schemas.messages import MessageOut
+from messenger.schemas.messages import AttachmentOut, MessageOut
 from messenger.schemas.presence import IdList
 from messenger.schemas.users import UserOut
 
@@ -47,17 +47,25 @@ _ERROR_TEXT = {
     409: "Conflict (a handle that is taken, a member already there).",
     410: "The cursor is older than the retained events: resync from history.",
     413: "The body is larger than 64 KiB.",
+    416: "The range is past the end of the file; `Content-Range: bytes */<size>`.",
     422: "The request is not valid; `fields` says why.",
     429: "Too many requests; retry after `Retry-After` seconds.",
     503: "A database or Redis this request needs is down; retry after "
     "`Retry-After` seconds.",
 }
-_SUCCESS_TEXT = {200: "OK.", 201: "Created.", 204: "Done; no body."}
+_SUCCESS_TEXT = {
+    200: "OK.",
+    201: "Created.",
+    204: "Done; no body.",
+    206: "Part of the file (`Content-Range`).",
+    304: "Not modified: the caller's copy (`If-None-Match`) is current.",
+}
 
 # Component names of the schemas the document shares (nested ones first).
 _COMPONENTS: dict[str, type[Schema]] = {
     "User": UserOut,
     "Member": MemberOut,
+    "Attachment": AttachmentOut,
     "Message": MessageOut,
     "Conversation": ConversationOut,
     "Event": env.EventOut,
@@ -124,7 +132,7 @@ def _response(status: int, op: Operation) -> dict[str, Any]:
     ref = op.responses.get(status)
     if ref is not None:
         response["content"] = {op.media_type: {"schema": _schema(ref)}}
-    elif status < 400 and status != 204:
+    elif status < 400 and status not in (204, 304):
         plain = "object" if op.media_type == "application/json" else "string"
         response["content"] = {op.media_type: {"schema": {"type": plain}}}
     return response
@@ -150,11 +158,19 @@ def _operation(rule: Rule, method: str, op: Operation) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": _schema(op.body)}},
         }
+    if op.raw_body:
+        out["requestBody"] = {
+            "required": True,
+            "description": op.raw_body,
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        }
     errors = set(op.errors)
     if not is_public:
         errors.add(401)
     if op.body is not None:
         errors.update((400, 413, 422))
+    if op.raw_body:
+        errors.update((413, 422))
     if op.query is not None:
         errors.add(422)
     if has_path_ids:
@@ -290,8 +306,9 @@ def _request_schema_ids(doc: dict[str, Any]) -> set[int]:
             for param in op.get("parameters", []):
                 if param.get("in") == "query":
                     visit(param["schema"])
-            if "requestBody" in op:
-                visit(op["requestBody"]["content"]["application/json"]["schema"])
+            body = op.get("requestBody", {}).get("content", {})
+            if "application/json" in body:
+                visit(body["application/json"]["schema"])
     return ids
 
 

@@ -53,6 +53,8 @@ class Operation:
     description: str = ""
     # Descriptions of statuses that need more than the usual words.
     descriptions: Mapping[int, str] = field(default_factory=dict)
+    # The route takes a raw body of any type (an upload): what it is.
+    raw_body: str = ""
 
 
 def operation(
@@ -68,6 +70,7 @@ def operation(
     media_type: str = "application/json",
     description: str = "",
     descriptions: Mapping[int, str] | None = None,
+    raw_body: str = "",
 ) -> Callable[[F], F]:
     """Declare a route's operation; place it right under the route decorator."""
     declared = Operation(
@@ -82,6 +85,7 @@ def operation(
         media_type,
         description,
         descriptions or {},
+        raw_body,
     )
 
     def declare(view: F) -> F:

@@ -13,7 +13,7 @@ from marshmallow import Schema, fields, validate
 from messenger.schemas.base import TITLE, Id, StrictSchema
 from messenger.schemas.conversations import ConversationOut, MutedUntilField
 from messenger.schemas.devices import DeviceOut, RegisteredDeviceOut
-from messenger.schemas.messages import MessageOut
+from messenger.schemas.messages import AttachmentOut, MessageOut
 from messenger.schemas.users import SessionInfoOut, UserOut
 from messenger.services.conversations import GROUP_MAX_MEMBERS
 
@@ -26,6 +26,7 @@ ERROR_CODES = (
     "conflict",
     "cursor_expired",
     "payload_too_large",
+    "range_not_satisfiable",
     "validation_failed",
     "rate_limited",
     "unavailable",
@@ -34,6 +35,7 @@ ERROR_CODES = (
 
 EVENT_TYPES = (
     "message",
+    "message_updated",
     "receipt",
     "member_added",
     "member_removed",
@@ -103,6 +105,10 @@ class ConversationPage(Schema):
 
 class MessageEnvelope(Schema):
     message = fields.Nested(MessageOut, required=True)
+
+
+class AttachmentEnvelope(Schema):
+    attachment = fields.Nested(AttachmentOut, required=True)
 
 
 class MessagePage(Schema):

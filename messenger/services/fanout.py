@@ -302,6 +302,8 @@ def _write(
             if row.message is not None:
                 batch.message(schema, users, row.message, report_ids=True)
                 continue
+            if row.kind == "message_updated":
+                batch.update_mailbox(schema, users, row.payload["event"]["message"])
             joins = [u for u in row.payload.get("join", ()) if u in users]
             leaves = [u for u in row.payload.get("leave", ()) if u in users]
             if joins:

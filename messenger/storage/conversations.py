@@ -8,6 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from messenger.models import Member, MemberSettings, Message, MutedUntil
+from messenger.storage.messages import (
+    MESSAGE_COLUMNS,
+    message_columns,
+    message_from_row,
+)
 from messenger.storage.pools import ShardCursor
 
 
@@ -102,9 +107,9 @@ uc.archived
 """
 
 _LIST = f"""
-SELECT uc.conversation_id, uc.last_activity_at, uc.last_seq,
-       mb.sender_id, mb.client_msg_id, mb.body, mb.created_at,
-       {_SETTINGS_COLUMNS}
+SELECT uc.conversation_id, uc.last_activity_at,
+       {_SETTINGS_COLUMNS},
+       {message_columns("mb")}
 FROM {{s}}.user_conversations uc
 LEFT JOIN {{s}}.mailbox mb
   ON mb.user_id = uc.user_id AND mb.conversation_id = uc.conversation_id
@@ -213,14 +218,12 @@ def list_for_user(
     ).fetchall()
     return [
         ListEntry(
-            c,
-            at,
-            Message(c, last_seq, sender_id, cmid, body, msg_at)
-            if sender_id is not None
-            else None,
-            _settings(rest),
+            row[0],
+            row[1],
+            message_from_row(row[0], row[6:]) if row[6] is not None else None,
+            _settings(row[2:6]),
         )
-        for c, at, last_seq, sender_id, cmid, body, msg_at, *rest in rows
+        for row in rows
     ]
 
 
@@ -326,8 +329,8 @@ def rows_across(
     return records, members
 
 
-_LAST_MESSAGE = """
-SELECT seq, sender_id, client_msg_id, body, created_at FROM {s}.messages
+_LAST_MESSAGE = f"""
+SELECT {MESSAGE_COLUMNS} FROM {{s}}.messages
 WHERE conversation_id = %s AND seq = %s
 """
 
@@ -337,7 +340,7 @@ def last_message(cur: ShardCursor, conversation_id: int, seq: int) -> Message | 
     if seq <= 0:
         return None
     row = cur.run(_LAST_MESSAGE, (conversation_id, seq)).fetchone()
-    return None if row is None else Message(conversation_id, *row)
+    return None if row is None else message_from_row(conversation_id, row)
 
 
 _MUTED_AMONG = """

@@ -16,7 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from messenger.models import Event, Message
+from messenger.storage.messages import message_columns, message_from_row
 from messenger.storage.pools import ShardCursor
+from messenger.views import attachment_json
 
 # Locks the recipients' counter rows in one global order (schemas sorted, then
 # user ids), so two fan-outs touching the same users can never deadlock.
@@ -29,7 +31,20 @@ SELECT 1 FROM {s}.user_state WHERE user_id = ANY(%(u)s) ORDER BY user_id FOR UPD
 # counters in user-id order itself.
 _FANOUT_MESSAGE = """
 SELECT {s}.fanout_message(%(u)s::bigint[], %(c)s, %(seq)s, %(sender)s, %(cmid)s,
-                          %(body)s, %(at)s, %(origin)s);
+                          %(body)s, %(at)s, %(origin)s, %(reply_to)s,
+                          %(edited_at)s, %(deleted)s, %(reactions)s::jsonb,
+                          %(attachments)s::jsonb);
+"""
+
+# A message_updated event brings every recipient's mailbox copy to the message as
+# it is now (so search sees the current text). Outbox order applies the changes
+# of one message in the order they were made.
+_UPDATE_MAILBOX = """
+UPDATE {s}.mailbox
+SET body = %(body)s, reply_to = %(reply_to)s, edited_at = %(edited_at)s,
+    deleted = %(deleted)s, reactions = %(reactions)s::jsonb,
+    attachments = %(attachments)s::jsonb
+WHERE user_id = ANY(%(u)s) AND conversation_id = %(c)s AND seq = %(seq)s;
 """
 
 # After a message's fan-out on one shard: each recipient's new event id, as a
@@ -113,17 +128,16 @@ WHERE user_id = ANY(%(leave)s) AND conversation_id = %(c)s;
 """
 
 # The caller's position checks and the page, in one round trip.
-_READ = """
+_READ = f"""
 SELECT s.last_event_id, s.trimmed_through,
-       e.event_id, e.type, e.conversation_id, e.seq, e.payload,
-       mb.sender_id, mb.client_msg_id, mb.body, mb.created_at
-FROM {s}.user_state s
+       e.event_id, e.type, e.conversation_id, e.payload, {message_columns("mb")}
+FROM {{s}}.user_state s
 LEFT JOIN LATERAL (
-    SELECT event_id, type, conversation_id, seq, payload FROM {s}.events
+    SELECT event_id, type, conversation_id, seq, payload FROM {{s}}.events
     WHERE user_id = s.user_id AND event_id > %(after)s
     ORDER BY event_id LIMIT %(limit)s
 ) e ON true
-LEFT JOIN {s}.mailbox mb
+LEFT JOIN {{s}}.mailbox mb
   ON e.type = 'message' AND mb.user_id = s.user_id
  AND mb.conversation_id = e.conversation_id AND mb.seq = e.seq
 WHERE s.user_id = %(u)s
@@ -138,12 +152,12 @@ _HEAD = "SELECT last_event_id FROM {s}.user_state WHERE user_id = %s"
 # asynchronous commit lost in a crash would take back events a client already
 # saw, and their ids would go to other events (issue 14). Work on other
 # databases is committed before the outbox rows are deleted here.
-_PENDING = """
+_PENDING = f"""
 SELECT pg_advisory_xact_lock(%(c)s);
-SELECT o.outbox_id, o.kind, o.seq, o.recipients, o.payload, o.created_at,
-       m.sender_id, m.client_msg_id, m.body, m.created_at, o.delivered
-FROM {s}.outbox o
-LEFT JOIN {s}.messages m
+SELECT o.outbox_id, o.kind, o.recipients, o.payload, o.created_at, o.delivered,
+       {message_columns("m")}
+FROM {{s}}.outbox o
+LEFT JOIN {{s}}.messages m
   ON o.kind = 'message' AND m.conversation_id = o.conversation_id AND m.seq = o.seq
 WHERE o.conversation_id = %(c)s
 ORDER BY o.outbox_id
@@ -271,10 +285,37 @@ class FanoutBatch:
             "body": message.body,
             "at": message.created_at,
             "origin": message_origin(message),
+            "reply_to": message.reply_to,
+            "edited_at": message.edited_at,
+            "deleted": message.deleted,
+            "reactions": json.dumps(message.reactions),
+            "attachments": json.dumps(
+                [attachment_json(a) for a in message.attachments]
+            ),
         }
         self._add(_FANOUT_MESSAGE, schema, params)
         if report_ids:
             self._add(_REPORT_IDS, schema, params)
+
+    def update_mailbox(
+        self, schema: str, user_ids: Sequence[int], message: dict[str, Any]
+    ) -> None:
+        """Bring the users' copies to `message` (its JSON, as API.md shows it)."""
+        self._add(
+            _UPDATE_MAILBOX,
+            schema,
+            {
+                "u": list(user_ids),
+                "c": message["conversation_id"],
+                "seq": message["seq"],
+                "body": message["body"],
+                "reply_to": message["reply_to"],
+                "edited_at": message["edited_at"],
+                "deleted": message["deleted"],
+                "reactions": json.dumps(message["reactions"]),
+                "attachments": json.dumps(message["attachments"]),
+            },
+        )
 
     def join(
         self,
@@ -365,24 +406,12 @@ def pending_outbox(cur: ShardCursor, conversation_id: int) -> list[OutboxRow]:
     """
     rows = cur.run(_PENDING, {"c": conversation_id}).fetchall()
     result = []
-    for (
-        outbox_id,
-        kind,
-        seq,
-        recipients,
-        payload,
-        created_at,
-        sender_id,
-        cmid,
-        body,
-        msg_at,
-        delivered,
-    ) in rows:
+    for outbox_id, kind, recipients, payload, created_at, delivered, *columns in rows:
         message = None
         if kind == "message":
-            if sender_id is None:  # cannot happen: message and outbox share a commit
+            if columns[0] is None:  # cannot happen: message and outbox share a commit
                 continue
-            message = Message(conversation_id, seq, sender_id, cmid, body, msg_at)
+            message = message_from_row(conversation_id, columns)
         result.append(
             OutboxRow(
                 outbox_id,
@@ -466,29 +495,13 @@ def read(cur: ShardCursor, user_id: int, after: int, limit: int) -> Page | None:
         return None
     head, trimmed = rows[0][0], rows[0][1]
     events = []
-    for (
-        _h,
-        _t,
-        event_id,
-        event_type,
-        conversation_id,
-        seq,
-        payload,
-        sender_id,
-        cmid,
-        body,
-        created_at,
-    ) in rows:
+    for _h, _t, event_id, event_type, conversation_id, payload, *columns in rows:
         if event_id is None:
             continue
         if event_type == "message":
-            if sender_id is None:
+            if columns[0] is None:
                 continue  # its mailbox copy is gone; nothing to show
-            fields = {
-                "message": Message(
-                    conversation_id, seq, sender_id, cmid, body, created_at
-                )
-            }
+            fields = {"message": message_from_row(conversation_id, columns)}
         else:
             fields = dict(payload or {})
         events.append(Event(event_type, event_id, fields))

@@ -7,19 +7,19 @@ from datetime import datetime
 import psycopg2.errors
 
 from messenger.models import Message
+from messenger.storage.messages import message_columns, message_from_row
 from messenger.storage.pools import ShardCursor
 
 # `mb.body_tsv` is the stored tsvector of the mailbox_search index
 # (sql/shard/0010_search_tsvector.sql). Only conversations still in
 # the user's list count: a removed member keeps nothing searchable. Newest
 # first, with (created_at, conversation_id, seq) as the page position.
-_SEARCH = """
-SELECT mb.conversation_id, mb.seq, mb.sender_id, mb.client_msg_id, mb.body,
-       mb.created_at
-FROM {s}.mailbox mb
-JOIN {s}.user_conversations uc
+_SEARCH = f"""
+SELECT mb.conversation_id, {message_columns("mb")}
+FROM {{s}}.mailbox mb
+JOIN {{s}}.user_conversations uc
   ON uc.user_id = mb.user_id AND uc.conversation_id = mb.conversation_id
-WHERE mb.user_id = %(u)s
+WHERE mb.user_id = %(u)s AND NOT mb.deleted
   AND mb.body_tsv @@ websearch_to_tsquery('english', %(q)s)
   AND (%(before_at)s::timestamptz IS NULL
        OR (mb.created_at, mb.conversation_id, mb.seq)
@@ -71,4 +71,4 @@ def search(
         ).fetchall()
     except psycopg2.errors.QueryCanceled:
         raise SearchTooCostly from None
-    return [Message(*row) for row in rows]
+    return [message_from_row(row[0], row[1:]) for row in rows]

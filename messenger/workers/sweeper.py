@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import gevent
@@ -175,16 +176,32 @@ def trim_once(
     return touched
 
 
-class SweepLoop:
-    """This worker's sweep (every `sweeper_interval_secs`, jittered) and trim (about
-    hourly) until stopped."""
+@dataclass(frozen=True)
+class Chore:
+    """Work the sweep loop also runs, about every `every_secs` (the first run
+    comes at a random moment within that, so workers started together spread
+    out). The composition root (bootstrap.py) gives the loop its chores."""
 
-    def __init__(self, rt: Runtime) -> None:
+    name: str
+    every_secs: float
+    run: Callable[[Runtime], object]
+
+
+class SweepLoop:
+    """This worker's sweep (every `sweeper_interval_secs`, jittered), trim (about
+    hourly) and chores until stopped."""
+
+    def __init__(self, rt: Runtime, chores: Sequence[Chore] = ()) -> None:
         self.rt = rt
+        self.chores = list(chores)
         self._stopping = gevent.event.Event()
 
     def run(self) -> None:
         next_trim = time.monotonic() + random.uniform(60, 600)
+        due = {
+            chore.name: time.monotonic() + random.uniform(0.1, 1.0) * chore.every_secs
+            for chore in self.chores
+        }
         while not self._stopping.wait(
             self.rt.settings.sweeper_interval_secs * random.uniform(0.75, 1.25)
         ):
@@ -195,6 +212,14 @@ class SweepLoop:
                     trim_once(self.rt)
             except Exception:  # noqa: BLE001 - the loop must outlive any one failure
                 logger.exception("sweeper pass failed")
+            for chore in self.chores:
+                if time.monotonic() < due[chore.name]:
+                    continue
+                due[chore.name] = time.monotonic() + chore.every_secs
+                try:
+                    chore.run(self.rt)
+                except Exception:  # noqa: BLE001 - as above
+                    logger.exception("sweeper chore %s failed", chore.name)
 
     def stop(self) -> None:
         """End run() after the pass under way, if any."""

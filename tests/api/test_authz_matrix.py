@@ -29,7 +29,9 @@ ACTORS = ("anonymous", "other", "non_member", "member", "owner")
 class Row:
     method: str
     rule: str
-    path: str  # with {group}, {direct}, {owner_id}, {member_id}, {device}, {owner}
+    # with {group}, {direct}, {owner_id}, {member_id}, {device}, {owner}, {seq}
+    # (the owner's message in the group) and {attachment} (on that message)
+    path: str
     expected: tuple[int, int, int, int, int]  # in the order of ACTORS
     body: Callable[["World"], Any] | None = None
     # The call changes what the next caller would see: a new world per caller.
@@ -181,6 +183,53 @@ MATRIX = [
         "/v1/conversations/{group}/typing",
         (401, 404, 404, 204, 204),
     ),
+    Row(
+        "PATCH",
+        "/v1/conversations/<int:conversation_id>/messages/<int:seq>",
+        "/v1/conversations/{group}/messages/{seq}",
+        (401, 404, 404, 403, 200),
+        lambda w: {"body": "edited"},
+    ),
+    Row(
+        "DELETE",
+        "/v1/conversations/<int:conversation_id>/messages/<int:seq>",
+        "/v1/conversations/{group}/messages/{seq}",
+        (401, 404, 404, 403, 204),
+        fresh=True,
+    ),
+    Row(
+        "PUT",
+        "/v1/conversations/<int:conversation_id>/messages/<int:seq>/reaction",
+        "/v1/conversations/{group}/messages/{seq}/reaction",
+        (401, 404, 404, 200, 200),
+        lambda w: {"emoji": "👍"},
+    ),
+    Row(
+        "DELETE",
+        "/v1/conversations/<int:conversation_id>/messages/<int:seq>/reaction",
+        "/v1/conversations/{group}/messages/{seq}/reaction",
+        (401, 404, 404, 200, 200),
+    ),
+    # attachments: the owner's, on its message in the group
+    Row(
+        "POST",
+        "/v1/attachments",
+        "/v1/attachments?filename=a.json",
+        (401,) + (201,) * 4,
+        lambda w: {"any": "bytes"},
+    ),
+    Row(
+        "GET",
+        "/v1/attachments/<int:attachment_id>",
+        "/v1/attachments/{attachment}",
+        (401, 404, 404, 200, 200),
+    ),
+    Row(
+        "GET",
+        "/v1/attachments/<int:attachment_id>/thumbnail",
+        "/v1/attachments/{attachment}/thumbnail",
+        (401, 404, 404, 200, 200),
+    ),
     # events, presence, devices, search
     Row("GET", "/v1/events", "/v1/events", (401,) + (200,) * 4),
     Row("GET", "/v1/presence", "/v1/presence?user_ids={owner_id}", (401,) + (200,) * 4),
@@ -250,6 +299,23 @@ class World:
         spare_headers = {"Authorization": f"Bearer {r.get_json()['token']}"}
         sessions = client.get("/v1/sessions", headers=spare_headers).get_json()
         self.session = next(s["id"] for s in sessions["sessions"] if s["current"])
+        r = client.post(
+            "/v1/attachments?filename=dot.png",
+            headers={**owner.headers, "Content-Type": "image/png"},
+            data=conftest.png_bytes(),
+        )
+        assert r.status_code == 201, r.get_json()
+        self.attachment = r.get_json()["attachment"]["id"]
+        r = client.post(
+            f"/v1/conversations/{self.group}/messages",
+            headers=owner.headers,
+            json={
+                "client_msg_id": secrets.token_hex(6),
+                "attachment_ids": [self.attachment],
+            },
+        )
+        assert r.status_code == 201, r.get_json()
+        self.seq = r.get_json()["message"]["seq"]
 
     def path(self, row: Row) -> str:
         return row.path.format(
@@ -261,6 +327,8 @@ class World:
             member_id=self.users["member"].id,
             spare_id=self.spare_id,
             session=self.session,
+            seq=self.seq,
+            attachment=self.attachment,
         )
 
     def headers(self, actor: str, row: Row) -> dict[str, str]:

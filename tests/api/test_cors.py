@@ -55,11 +55,17 @@ def test_preflight_from_allowed_origin(client: Any, cors_origins: Any) -> None:
     assert r.data == b""
     assert r.headers["Access-Control-Allow-Origin"] == ALLOWED
     methods = {m.strip() for m in r.headers["Access-Control-Allow-Methods"].split(",")}
-    assert {"GET", "POST", "PATCH", "DELETE"} <= methods
+    assert {"GET", "POST", "PUT", "PATCH", "DELETE"} <= methods
     allowed_headers = {
         h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")
     }
-    assert {"authorization", "content-type", "x-request-id"} <= allowed_headers
+    assert {
+        "authorization",
+        "content-type",
+        "x-request-id",
+        "range",
+        "if-none-match",
+    } <= allowed_headers
     assert int(r.headers["Access-Control-Max-Age"]) > 0
     assert "Origin" in r.headers["Vary"]
     # Bearer tokens, never cookies: no credentials mode.
@@ -107,7 +113,7 @@ def test_allowed_origin_can_read_answers_and_errors(
         h.strip().lower()
         for h in ok.headers["Access-Control-Expose-Headers"].split(",")
     }
-    assert {"retry-after", "x-request-id"} <= exposed
+    assert {"retry-after", "x-request-id", "content-range", "etag"} <= exposed
     assert "Origin" in ok.headers["Vary"]
     # Errors too: the page must be able to read a 401's JSON body.
     denied = client.get("/v1/users/me", headers={"Origin": ALLOWED})

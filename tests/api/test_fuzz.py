@@ -37,6 +37,13 @@ RULES_BEYOND_THE_SCHEMA = {
     "PUT /v1/blocks/{user_id}": "oneself",
     "GET /v1/users": "handle or q, exactly one of them",
     "PATCH /v1/conversations/{conversation_id}/me": "an empty body (one or both)",
+    "POST /v1/conversations/{conversation_id}/messages": (
+        "a reply_to beyond the last seq, attachments that are not the sender's"
+    ),
+    "PATCH /v1/conversations/{conversation_id}/messages/{seq}": (
+        "an empty body on a message without attachments"
+    ),
+    "POST /v1/attachments": "an empty body, an image type whose bytes don't decode",
 }
 # Operations that end sessions: run with a fresh token of a user of their own, so
 # they never end the fuzz user's.

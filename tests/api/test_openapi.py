@@ -171,3 +171,44 @@ def test_the_presence_pattern_is_published(client: Any) -> None:
     doc = client.get("/v1/openapi.json").get_json()
     params = doc["paths"]["/v1/presence"]["get"]["parameters"]
     assert params[0]["schema"]["pattern"] == USER_IDS_PATTERN
+
+
+def test_the_attachment_and_message_action_routes_are_documented(client: Any) -> None:
+    doc = client.get("/v1/openapi.json").get_json()
+    upload = doc["paths"]["/v1/attachments"]["post"]
+    # The raw body, of any type, not JSON.
+    assert upload["requestBody"]["content"] == {
+        "*/*": {"schema": {"type": "string", "format": "binary"}}
+    }
+    assert {"201", "413", "422", "429"} <= set(upload["responses"])
+    assert upload["parameters"][0]["in"] == "query"
+    download = doc["paths"]["/v1/attachments/{attachment_id}"]["get"]
+    assert {"200", "206", "304", "404", "416"} <= set(download["responses"])
+    thumbnail = doc["paths"]["/v1/attachments/{attachment_id}/thumbnail"]["get"]
+    assert "image/webp" in thumbnail["responses"]["200"]["content"]
+    message = doc["paths"]["/v1/conversations/{conversation_id}/messages/{seq}"]
+    assert {"403", "409", "422"} <= set(message["patch"]["responses"])
+    assert {"204", "403", "404"} <= set(message["delete"]["responses"])
+    reaction = doc["paths"][
+        "/v1/conversations/{conversation_id}/messages/{seq}/reaction"
+    ]
+    assert {"200", "409", "422"} <= set(reaction["put"]["responses"])
+    assert "200" in reaction["delete"]["responses"]
+    fields = doc["components"]["schemas"]["Message"]["properties"]
+    for name in ("reply_to", "edited_at", "deleted", "reactions", "attachments"):
+        assert name in fields
+    assert set(doc["components"]["schemas"]["Message"]["required"]) >= {
+        "reply_to",
+        "attachments",
+    }
+    attachment = doc["components"]["schemas"]["Attachment"]["properties"]
+    assert set(attachment) == {
+        "id",
+        "content_type",
+        "size",
+        "filename",
+        "sha256",
+        "width",
+        "height",
+        "created_at",
+    }

@@ -23,6 +23,11 @@ def test_send_returns_stored_message(client: Any, make_user: Any, chat: Any) -> 
         "client_msg_id": "abc-1",
         "body": "hello",
         "created_at": msg["created_at"],
+        "reply_to": None,
+        "edited_at": None,
+        "deleted": False,
+        "reactions": {},
+        "attachments": [],
     }
     assert msg["created_at"].endswith("Z")
 

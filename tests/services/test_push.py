@@ -32,6 +32,7 @@ from messenger.services.push_providers import SIGNATURE_HEADER, sign, verify
 from messenger.workers.push_queue import Job
 from messenger.workers.push_queue import retry_delay_secs as backoff_secs
 from messenger.workers.pusher import Pusher
+from tests import conftest
 from tests.conftest import Services
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -845,3 +846,37 @@ def test_a_users_tarpit_webhooks_do_not_stall_other_users_pushes(
         serving.get(timeout=30)
     finally:
         tarpit.close()
+
+
+def test_a_message_with_attachments_is_pushed_with_them_and_changes_are_not(
+    client: Any, make_user: Any, chat: Any, receiver: Receiver, make_pusher: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url("/bob"))
+    cid = chat.direct(alice, bob)
+    r = client.post(
+        "/v1/attachments?filename=cat.png",
+        headers={**alice.headers, "Content-Type": "image/png"},
+        data=conftest.png_bytes(),
+    )
+    attachment = r.get_json()["attachment"]
+    r = client.post(
+        f"/v1/conversations/{cid}/messages",
+        headers=alice.headers,
+        json={"client_msg_id": "photo", "attachment_ids": [attachment["id"]]},
+    )
+    assert r.status_code == 201, r.get_json()
+    sent = r.get_json()["message"]
+    pusher = make_pusher()
+    assert run_due(pusher) == 1
+    [got] = receiver.to("/bob")
+    assert got.json["messages"] == [sent]
+    assert got.json["messages"][0]["body"] == ""
+    assert got.json["messages"][0]["attachments"] == [attachment]
+    # Edits, reactions and deletes are never pushed.
+    url = f"/v1/conversations/{cid}/messages/1"
+    client.patch(url, headers=alice.headers, json={"body": "my cat"})
+    client.put(url + "/reaction", headers=alice.headers, json={"emoji": "😺"})
+    client.delete(url, headers=alice.headers)
+    assert run_due(pusher) == 0
+    assert len(receiver.to("/bob")) == 1

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -791,3 +792,368 @@ def test_settings_profile_password_and_sessions(
     # This browser's session still works.
     tid(page, "settings-close").click()
     wait_live(page)
+
+
+# ---- message actions and attachments (issue 15) ---------------------------------
+
+
+def _pair_in_chat(
+    open_page: Any, account: Any
+) -> tuple[Any, Any, Account, Account, int]:
+    """Alice and Bob logged in, both in their direct chat."""
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    alice_page, bob_page = open_page(), open_page()
+    log_in(alice_page, alice)
+    log_in(bob_page, bob)
+    conversation_id = open_direct(alice_page, bob)
+    send(alice_page, "hello")
+    item = tid(bob_page, "conversation-item").filter(has_text="Alice")
+    expect(item).to_be_visible()
+    item.click()
+    expect_message(bob_page, "hello", own=False)
+    return alice_page, bob_page, alice, bob, conversation_id
+
+
+def _open_menu_by_keyboard(page: Any, found: Any) -> Any:
+    """Focus a message's menu button and open the menu with Enter."""
+    from playwright.sync_api import expect
+
+    button = found.get_by_test_id("message-menu-button")
+    button.focus()
+    page.keyboard.press("Enter")
+    expect(button).to_have_attribute("aria-expanded", "true")
+    menu = found.get_by_test_id("message-menu")
+    expect(menu).to_be_visible()
+    return menu
+
+
+def test_reply_shows_a_quote_that_jumps_to_the_message(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice_page, bob_page, alice, bob, cid = _pair_in_chat(open_page, account)
+    send(alice_page, "Where shall we meet?")
+    for i in range(25):  # enough to scroll the question out of view
+        send(alice_page, f"filler {i}")
+    expect_message(bob_page, "filler 24", own=False)
+    question = message(bob_page, "Where shall we meet?")
+    menu = _open_menu_by_keyboard(bob_page, question)
+    # Reply has the focus when the menu opens.
+    expect(menu.get_by_test_id("menu-reply")).to_be_focused()
+    bob_page.keyboard.press("Enter")
+    expect(menu).to_have_count(0)
+    banner = tid(bob_page, "composer-reply")
+    expect(banner).to_contain_text("Replying to Alice: Where shall we meet?")
+    expect(tid(bob_page, "message-input")).to_be_focused()
+    send(bob_page, "At the station")
+    expect(banner).to_be_hidden()
+    for page in (alice_page, bob_page):
+        reply = message(page, "At the station")
+        expect(reply).to_have_count(1)
+        quote = reply.get_by_test_id("reply-quote")
+        expect(quote).to_contain_text("Where shall we meet?")
+    screenshot(alice_page, "reply")
+    quote = message(alice_page, "At the station").get_by_test_id("reply-quote")
+    quote.click()
+    target = message(alice_page, "Where shall we meet?")
+    expect(target).to_have_attribute("data-highlighted", "true")
+    expect(target).to_be_in_viewport()
+    seq = int(target.get_attribute("data-seq"))
+    last = history(web, bob, cid)[-1]
+    assert (last["body"], last["reply_to"]) == ("At the station", seq)
+
+
+def test_edit_and_delete_from_the_keyboard_menu(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice_page, bob_page, alice, bob, cid = _pair_in_chat(open_page, account)
+    send(alice_page, "See you at 5")
+    mine = expect_message(alice_page, "See you at 5", own=True)
+    expect_message(bob_page, "See you at 5", own=False)
+    # Bob's menu on Alice's message has no Edit or Delete.
+    theirs = _open_menu_by_keyboard(bob_page, message(bob_page, "See you at 5"))
+    expect(theirs.get_by_test_id("menu-edit")).to_have_count(0)
+    expect(theirs.get_by_test_id("menu-delete")).to_have_count(0)
+    bob_page.keyboard.press("Escape")
+    expect(theirs).to_have_count(0)
+    expect(
+        message(bob_page, "See you at 5").get_by_test_id("message-menu-button")
+    ).to_be_focused()
+
+    menu = _open_menu_by_keyboard(alice_page, mine)
+    alice_page.keyboard.press("ArrowDown")  # Reply → Edit
+    expect(menu.get_by_test_id("menu-edit")).to_be_focused()
+    alice_page.keyboard.press("Enter")
+    expect(tid(alice_page, "composer-edit")).to_be_visible()
+    expect(tid(alice_page, "message-input")).to_have_value("See you at 5")
+    tid(alice_page, "message-input").fill("See you at 6")
+    tid(alice_page, "message-input").press("Enter")
+    for page in (alice_page, bob_page):
+        edited = message(page, "See you at 6")
+        expect(edited).to_have_count(1)
+        expect(edited.get_by_test_id("message-edited")).to_have_text("edited")
+        expect(message(page, "See you at 5")).to_have_count(0)
+    expect(tid(alice_page, "message")).to_have_count(2)
+    screenshot(bob_page, "edited")
+
+    menu = _open_menu_by_keyboard(alice_page, message(alice_page, "See you at 6"))
+    alice_page.keyboard.press("ArrowDown")
+    alice_page.keyboard.press("ArrowDown")  # Reply → Edit → Delete
+    delete = menu.get_by_test_id("menu-delete")
+    expect(delete).to_be_focused()
+    alice_page.keyboard.press("Enter")  # asks first
+    expect(delete).to_have_text("Delete for everyone?")
+    alice_page.keyboard.press("Enter")
+    for page in (alice_page, bob_page):
+        tombstone = tid(page, "message").filter(
+            has=page.get_by_test_id("message-deleted")
+        )
+        expect(tombstone).to_have_count(1)
+        expect(tombstone).to_have_attribute("data-deleted", "true")
+        expect(tombstone.get_by_test_id("message-deleted")).to_have_text(
+            "Message deleted"
+        )
+        expect(tombstone.get_by_test_id("message-menu-button")).to_have_count(0)
+    screenshot(bob_page, "deleted")
+    item = tid(bob_page, "conversation-item").filter(has_text="Alice")
+    expect(item.get_by_test_id("conversation-preview")).to_contain_text(
+        "Message deleted"
+    )
+    last = history(web, bob, cid)[-1]
+    assert last["deleted"] is True and last["body"] == ""
+
+
+def test_reactions_picker_and_counts(open_page: Any, account: Any, web: Server) -> None:
+    from playwright.sync_api import expect
+
+    alice_page, bob_page, alice, bob, cid = _pair_in_chat(open_page, account)
+    menu = _open_menu_by_keyboard(bob_page, message(bob_page, "hello"))
+    menu.locator('[data-emoji="👍"]').click()
+    for page in (alice_page, bob_page):
+        chip = message(page, "hello").get_by_test_id("reaction-chip")
+        expect(chip).to_have_count(1)
+        expect(chip).to_have_attribute("data-emoji", "👍")
+        expect(chip).to_have_attribute("data-count", "1")
+    bob_chip = message(bob_page, "hello").get_by_test_id("reaction-chip")
+    expect(bob_chip).to_have_attribute("aria-pressed", "true")
+    # Alice adds hers by clicking the chip: two; then a different one from the picker.
+    alice_chip = message(alice_page, "hello").get_by_test_id("reaction-chip")
+    expect(alice_chip).to_have_attribute("aria-pressed", "false")
+    alice_chip.click()
+    expect(message(bob_page, "hello").locator('[data-emoji="👍"]')).to_have_attribute(
+        "data-count", "2"
+    )
+    menu = _open_menu_by_keyboard(alice_page, message(alice_page, "hello"))
+    menu.locator('[data-emoji="😂"]').click()
+    chips = message(bob_page, "hello").get_by_test_id("reaction-chip")
+    expect(chips).to_have_count(2)
+    expect(message(bob_page, "hello").locator('[data-emoji="😂"]')).to_have_attribute(
+        "data-count", "1"
+    )
+    screenshot(bob_page, "reactions")
+    # Bob takes his back: only Alice's remains.
+    message(bob_page, "hello").locator('[data-emoji="👍"]').click()
+    expect(message(alice_page, "hello").get_by_test_id("reaction-chip")).to_have_count(
+        1
+    )
+    first = history(web, alice, cid)[0]
+    assert first["reactions"] == {"😂": [alice.id]}
+
+
+def _png(width: int, height: int, color: str) -> bytes:
+    from tests.conftest import png_bytes
+
+    return png_bytes(width, height, color)
+
+
+def test_attach_by_button_with_a_progress_bar_and_inline_thumbnails(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice_page, bob_page, alice, bob, cid = _pair_in_chat(open_page, account)
+    # A slow uplink (about 1 MB/s) so the progress bar is seen moving.
+    cdp = alice_page.context.new_cdp_session(alice_page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 20,
+            "downloadThroughput": -1,
+            "uploadThroughput": 1024 * 1024,
+        },
+    )
+    big = os.urandom(3 * 1024 * 1024)
+    tid(alice_page, "file-input").set_input_files(
+        [
+            {
+                "name": "sunset.png",
+                "mimeType": "image/png",
+                "buffer": _png(900, 600, "orange"),
+            },
+            {
+                "name": "notes.bin",
+                "mimeType": "application/octet-stream",
+                "buffer": big,
+            },
+        ]
+    )
+    progress = tid(alice_page, "upload-progress")
+    expect(progress.first).to_be_visible()
+    alice_page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=upload-progress]')]"
+        ".some((p) => p.value > 0 && p.value < p.max)",
+        timeout=UI_TIMEOUT_MS,
+    )
+    screenshot(alice_page, "upload-progress")
+    # A file removed while it uploads is cancelled and leaves the tray.
+    tid(alice_page, "file-input").set_input_files(
+        [{"name": "oops.bin", "mimeType": "application/octet-stream", "buffer": big}]
+    )
+    oops = tid(alice_page, "upload-item").filter(has_text="oops.bin")
+    expect(oops).to_have_attribute("data-state", "uploading")
+    oops.get_by_test_id("upload-remove").click()
+    expect(oops).to_have_count(0)
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": -1,
+        },
+    )
+    uploads = tid(alice_page, "upload-item")
+    expect(uploads).to_have_count(2)
+    for i in range(2):
+        expect(uploads.nth(i)).to_have_attribute("data-state", "done", timeout=30_000)
+    send(alice_page, "Photos from the trip")
+    expect(tid(alice_page, "upload-tray")).to_be_hidden()
+    for page in (alice_page, bob_page):
+        found = message(page, "Photos from the trip")
+        expect(found).to_have_count(1)
+        image = found.get_by_test_id("attachment-image")
+        expect(image).to_have_attribute("src", str_re("^blob:"))
+        page.wait_for_function(
+            "(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+        )
+        assert image.evaluate("(img) => img.naturalWidth") <= 320
+        expect(found.get_by_test_id("attachment-file")).to_contain_text("notes.bin")
+    screenshot(bob_page, "attachments")
+    # The thumbnail opens the full image.
+    message(bob_page, "Photos from the trip").get_by_test_id("attachment-image").click()
+    lightbox = tid(bob_page, "lightbox")
+    expect(lightbox).to_be_visible()
+    full = tid(bob_page, "lightbox-image")
+    expect(full).to_have_attribute("src", str_re("^blob:"))
+    bob_page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth === 900", arg=full.element_handle()
+    )
+    screenshot(bob_page, "lightbox")
+    bob_page.keyboard.press("Escape")
+    expect(lightbox).to_be_hidden()
+    # The file chip downloads the bytes as they were sent.
+    with bob_page.expect_download() as download_info:
+        message(bob_page, "Photos from the trip").get_by_test_id(
+            "attachment-file"
+        ).click()
+    download = download_info.value
+    assert download.suggested_filename == "notes.bin"
+    assert Path(download.path()).read_bytes() == big
+    sent = history(web, bob, cid)[-1]
+    assert [a["filename"] for a in sent["attachments"]] == ["sunset.png", "notes.bin"]
+
+
+def test_attach_by_drag_and_drop_and_paste_and_send_without_text(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice_page, bob_page, alice, bob, cid = _pair_in_chat(open_page, account)
+    alice_page.evaluate(
+        """() => {
+            const file = (text, name) => {
+                const data = new DataTransfer();
+                data.items.add(new File([text], name, {type: "text/plain"}));
+                return data;
+            };
+            const how = {bubbles: true, cancelable: true};
+            const dropped = file("dropped text", "dropped.txt");
+            const chat = document.getElementById("chat");
+            for (const type of ["dragover", "drop"]) {
+                const event = new DragEvent(type, {...how, dataTransfer: dropped});
+                chat.dispatchEvent(event);
+            }
+            const pasted = file("pasted text", "pasted.txt");
+            document.getElementById("message-input").dispatchEvent(
+                new ClipboardEvent("paste", {...how, clipboardData: pasted}));
+        }"""
+    )
+    uploads = tid(alice_page, "upload-item")
+    expect(uploads).to_have_count(2)
+    for i in range(2):
+        expect(uploads.nth(i)).to_have_attribute("data-state", "done")
+    tid(alice_page, "message-input").press("Enter")  # no text: the files alone
+    for page in (alice_page, bob_page):
+        chips = tid(page, "attachment-file")
+        expect(chips).to_have_count(2)
+        expect(chips.nth(0)).to_contain_text("dropped.txt")
+        expect(chips.nth(1)).to_contain_text("pasted.txt")
+    item = tid(bob_page, "conversation-item").filter(has_text="Alice")
+    expect(item.get_by_test_id("conversation-preview")).to_contain_text("2 files")
+    last = history(web, bob, cid)[-1]
+    assert last["body"] == "" and len(last["attachments"]) == 2
+
+
+def test_a_quote_of_a_message_beyond_the_first_page_loads_it_on_click(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    r = requests.post(
+        f"{web.url}/v1/conversations",
+        headers=alice.headers,
+        json={"kind": "direct", "user_id": bob.id},
+        timeout=10,
+    )
+    cid = r.json()["conversation"]["id"]
+    url = f"{web.url}/v1/conversations/{cid}/messages"
+    bodies = ["the ancient question"] + [f"chatter {i}" for i in range(60)]
+    for i, body in enumerate(bodies):
+        sent = requests.post(
+            url,
+            headers=alice.headers,
+            json={"client_msg_id": f"m{i}", "body": body},
+            timeout=10,
+        )
+        assert sent.status_code == 201
+    reply = requests.post(
+        url,
+        headers=bob.headers,
+        json={"client_msg_id": "r", "body": "the late answer", "reply_to": 1},
+        timeout=10,
+    )
+    assert reply.status_code == 201
+    page = open_page()
+    log_in(page, bob)
+    tid(page, "conversation-item").filter(has_text="Alice").click()
+    answer = message(page, "the late answer")
+    expect(answer).to_have_count(1)
+    quote = answer.get_by_test_id("reply-quote")
+    expect(quote).to_have_attribute("data-reply-to", "1")
+    expect(message(page, "the ancient question")).to_have_count(0)  # not loaded yet
+    quote.click()
+    target = message(page, "the ancient question")
+    expect(target).to_have_attribute("data-highlighted", "true")
+    expect(target).to_be_in_viewport()
+    # The quote now names what it quotes.
+    expect(
+        message(page, "the late answer").get_by_test_id("reply-quote")
+    ).to_contain_text("the ancient question")

@@ -4,9 +4,11 @@ A real nginx (Debian's package) runs the shipped config with only its two
 documented substitutions (listen port, gunicorn address).
 """
 
+import hashlib
 import http.client
 import json
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,6 +36,7 @@ FULL_POLL_SECS = 8
 # The two substitution points (directives, not the comments that mention them).
 LISTEN = re.compile(r"^(\s*)listen 8080;", re.M)
 UPSTREAM = re.compile(r"^(\s*)server 127\.0\.0\.1:8000;", re.M)
+ATTACHMENTS = re.compile(r"^(\s*)alias /var/lib/messenger/attachments/;", re.M)
 
 
 def _location_block(conf: str, location: str) -> str:
@@ -66,6 +69,7 @@ def test_config_lets_the_longest_poll_finish() -> None:
     # Exactly one of each substitution point, as the file's header promises.
     assert len(LISTEN.findall(conf)) == 1
     assert len(UPSTREAM.findall(conf)) == 1
+    assert len(ATTACHMENTS.findall(conf)) == 1
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Nginx:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-def start_nginx(upstream_port: int) -> Nginx:
+def start_nginx(upstream_port: int, attachments_dir: Path | None = None) -> Nginx:
     program = require_program("nginx", "nginx")
     # Under /var/tmp and world-readable: as root, nginx's workers run as `nobody`
     # and must reach the temp folders nginx creates under the prefix.
@@ -99,6 +103,8 @@ def start_nginx(upstream_port: int) -> Nginx:
     conf = NGINX_CONF.read_text()
     conf = LISTEN.sub(rf"\g<1>listen 127.0.0.1:{port};", conf)
     conf = UPSTREAM.sub(rf"\g<1>server 127.0.0.1:{upstream_port};", conf)
+    if attachments_dir is not None:
+        conf = ATTACHMENTS.sub(rf"\g<1>alias {attachments_dir}/;", conf)
     # One worker is plenty here and starts faster than `auto` on a big machine.
     conf = conf.replace("worker_processes auto;", "worker_processes 2;")
     conf_path = prefix / "nginx.conf"
@@ -151,9 +157,13 @@ def proxied(
         workers=2,
         MESSENGER_TRUSTED_PROXIES="1",
         MESSENGER_LOG_LEVEL="INFO",
+        MESSENGER_ATTACHMENT_ACCEL_REDIRECT="/_attachments/",
     )
     try:
-        nginx = start_nginx(int(gunicorn.url.rsplit(":", 1)[1]))
+        nginx = start_nginx(
+            int(gunicorn.url.rsplit(":", 1)[1]),
+            Path(services.env()["MESSENGER_DATA_DIR"]) / "attachments",
+        )
         try:
             yield Proxied(gunicorn, nginx, Api(nginx.url))
         finally:
@@ -282,3 +292,73 @@ def test_nginx_own_errors_are_json(proxied: Proxied) -> None:
     )
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "payload_too_large"
+
+
+def test_attachments_go_up_streamed_and_down_through_x_accel_redirect(
+    proxied: Proxied,
+) -> None:
+    api = proxied.api
+    alice, bob, eve = api.user(), api.user(), api.user()
+    cid = api.direct(alice, bob)
+    data = secrets.token_bytes(3 * 1024 * 1024)  # far above the 64 KiB JSON limit
+    r = requests.post(
+        f"{api.url}/v1/attachments?filename=big.bin",
+        headers={**alice.headers, "Content-Type": "application/octet-stream"},
+        data=data,
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    att = r.json()["attachment"]
+    assert att["sha256"] == hashlib.sha256(data).hexdigest()
+    sent = requests.post(
+        f"{api.url}/v1/conversations/{cid}/messages",
+        headers=alice.headers,
+        json={"client_msg_id": "big", "attachment_ids": [att["id"]]},
+        timeout=10,
+    )
+    assert sent.status_code == 201, sent.text
+    url = f"{api.url}/v1/attachments/{att['id']}"
+    r = requests.get(url, headers=bob.headers, timeout=30)
+    assert r.status_code == 200 and r.content == data
+    # nginx sent it: the redirect itself never reaches the client.
+    assert "X-Accel-Redirect" not in r.headers
+    assert r.headers["Content-Type"] == "application/octet-stream"
+    assert r.headers["ETag"] == f'"{att["sha256"]}"'
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Content-Disposition"].startswith('attachment; filename="big.bin"')
+    part = requests.get(
+        url, headers={**bob.headers, "Range": "bytes=100-199"}, timeout=10
+    )
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+    several = requests.get(
+        url, headers={**bob.headers, "Range": "bytes=0-1,5-6"}, timeout=30
+    )
+    assert several.status_code == 200 and several.content == data
+    past = requests.get(
+        url, headers={**bob.headers, "Range": "bytes=99999999-"}, timeout=10
+    )
+    assert (
+        past.status_code == 416
+        and past.json()["error"]["code"] == "range_not_satisfiable"
+    )
+    same = requests.get(
+        url, headers={**bob.headers, "If-None-Match": r.headers["ETag"]}, timeout=10
+    )
+    assert same.status_code == 304
+    # A stranger, and the internal location asked for directly: 404.
+    assert requests.get(url, headers=eve.headers, timeout=10).status_code == 404
+    direct = requests.get(
+        f"{api.url}/_attachments/{att['sha256'][:2]}/{att['sha256'][2:4]}/{att['sha256']}",
+        timeout=10,
+    )
+    assert direct.status_code == 404
+    # Past the app's limit (25 MiB by default), nginx's own 413 is JSON too.
+    too_big = requests.post(
+        f"{api.url}/v1/attachments",
+        headers={**alice.headers, "Content-Type": "application/octet-stream"},
+        data=b"\0" * (27 * 1024 * 1024),
+        timeout=60,
+    )
+    assert too_big.status_code == 413
+    assert too_big.json()["error"]["code"] == "payload_too_large"

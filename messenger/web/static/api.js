@@ -172,10 +172,108 @@ export const listMessages = (conversationId, { before, after, limit = 50 } = {})
   request("GET", `/v1/conversations/${enc(conversationId)}/messages`, {
     query: { before, after, limit },
   });
-export const sendMessage = (conversationId, clientMsgId, body) =>
-  request("POST", `/v1/conversations/${enc(conversationId)}/messages`, {
-    body: { client_msg_id: clientMsgId, body },
+export const sendMessage = (conversationId, clientMsgId, body, extra = {}) => {
+  const payload = { client_msg_id: clientMsgId, body };
+  if (extra.replyTo) payload.reply_to = extra.replyTo;
+  if (extra.attachmentIds && extra.attachmentIds.length) {
+    payload.attachment_ids = extra.attachmentIds;
+  }
+  return request("POST", `/v1/conversations/${enc(conversationId)}/messages`, {
+    body: payload,
   });
+};
+const messagePath = (conversationId, seq) =>
+  `/v1/conversations/${enc(conversationId)}/messages/${enc(seq)}`;
+export const editMessage = (conversationId, seq, body) =>
+  request("PATCH", messagePath(conversationId, seq), { body: { body } });
+export const deleteMessage = (conversationId, seq) =>
+  request("DELETE", messagePath(conversationId, seq));
+export const setReaction = (conversationId, seq, emoji) =>
+  request("PUT", `${messagePath(conversationId, seq)}/reaction`, { body: { emoji } });
+export const removeReaction = (conversationId, seq) =>
+  request("DELETE", `${messagePath(conversationId, seq)}/reaction`);
+
+// Attachments
+/**
+ * Upload a file's raw bytes with XMLHttpRequest (fetch reports no upload progress).
+ * onProgress(loaded, total) is called as the bytes go out; `signal` (an AbortSignal)
+ * cancels it. Resolves to the Attachment; rejects with an ApiError or a NetworkError
+ * like request(), or an AbortError.
+ */
+export function uploadAttachment(file, onProgress, signal) {
+  return new Promise((resolve, reject) => {
+    const token = currentToken;
+    if (!token) {
+      reject(new ApiError(401, "unauthorized", "You are not logged in."));
+      return;
+    }
+    const xhr = new XMLHttpRequest();
+    const name = file.name || "file";
+    xhr.open("POST", `/v1/attachments?filename=${enc(name.slice(0, 255))}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    xhr.upload.onprogress = (ev) => {
+      if (ev.lengthComputable) onProgress(ev.loaded, ev.total);
+    };
+    xhr.onerror = () => reject(new NetworkError());
+    xhr.onabort = () => reject(new DOMException("The upload was cancelled.", "AbortError"));
+    if (signal) signal.addEventListener("abort", () => xhr.abort(), { once: true });
+    xhr.onload = () => {
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        data = null;
+      }
+      if (xhr.status === 201 && data) {
+        onProgress(file.size, file.size);
+        resolve(data.attachment);
+        return;
+      }
+      const detail = data && typeof data === "object" ? data.error : null;
+      const err = new ApiError(
+        xhr.status,
+        (detail && detail.code) || `http_${xhr.status}`,
+        (detail && detail.message) || `The server answered ${xhr.status}.`,
+        detail && detail.fields,
+        parseRetryAfter(xhr.getResponseHeader("Retry-After")),
+      );
+      if (xhr.status === 401 && token === currentToken) unauthorizedHandler(err);
+      reject(err);
+    };
+    xhr.send(file);
+  });
+}
+
+/** An attachment (or its thumbnail) as a Blob: <img> can't send the bearer token. */
+export async function fetchAttachment(attachmentId, { thumbnail = false } = {}) {
+  const token = currentToken;
+  if (!token) throw new ApiError(401, "unauthorized", "You are not logged in.");
+  let res;
+  try {
+    res = await fetch(
+      `/v1/attachments/${enc(attachmentId)}${thumbnail ? "/thumbnail" : ""}`,
+      { headers: { Authorization: `Bearer ${token}` }, credentials: "omit" },
+    );
+  } catch {
+    throw new NetworkError();
+  }
+  if (!res.ok) {
+    let detail = null;
+    try {
+      detail = (await res.json()).error;
+    } catch {
+      detail = null;
+    }
+    throw new ApiError(
+      res.status,
+      (detail && detail.code) || `http_${res.status}`,
+      (detail && detail.message) || `The server answered ${res.status}.`,
+    );
+  }
+  return res.blob();
+}
 export const postReceipt = (conversationId, type, seq) =>
   request("POST", `/v1/conversations/${enc(conversationId)}/receipts`, {
     body: { type, seq },

@@ -34,6 +34,8 @@
  *     composer.js       the message box
  *     safety.js         requests (Accept / Block / Delete), block, mute, archive, people search
  *     settings.js       the settings page: profile, password, sessions, blocked users
+ *     actions.js        a message's menu: reply, edit, delete, react
+ *     attachments.js    attaching files (progress bars), showing a message's files
  *
  * The feature modules call one another (a message event touches the list, the open
  * chat and the outbox), so their imports form cycles. ES modules allow that as long as
@@ -76,6 +78,19 @@
  *                             others': "received"
  *     message-sender, message-body, message-time, message-status (✓ / ✓✓),
  *     message-error, retry-button, discard-button   (the last three on unsent messages)
+ *     data-deleted, data-edited ("true"|"false") on confirmed messages;
+ *     reply-quote (data-reply-to: click jumps there, the message gets
+ *     data-highlighted="true" for a moment), message-deleted ("Message deleted"),
+ *     message-edited ("edited"), message-attachments, attachment-image (an <img>,
+ *     inside a button that opens the lightbox), attachment-file (a download chip),
+ *     message-reactions, reaction-chip (data-emoji, data-count, aria-pressed: click
+ *     toggles one's own), message-menu-button (aria-expanded) opening message-menu:
+ *     reaction-option (data-emoji), menu-reply, menu-edit, menu-delete (click twice)
+ *   composer-reply / composer-edit   the banner above the box (data-mode), with
+ *                             composer-mode-cancel (Esc cancels too)
+ *   attach-button, file-input, upload-tray, upload-item (data-state =
+ *     "uploading"|"done"|"failed"), upload-progress (a <progress>), upload-remove
+ *   lightbox, lightbox-image, lightbox-close   an image at full size
  *   typing-indicator          "Bob is typing…" (empty when nobody types)
  *   chat-error
  *   message-input, send-button   Enter sends, Shift+Enter inserts a newline
@@ -93,12 +108,15 @@
  *   sessions-revoke-others, sessions-error, blocked-list, blocked-item, unblock-button
  */
 
+import { bindActions, onMessageUpdated } from "./actions.js";
+import { bindAttachments } from "./attachments.js";
 import { bindChat } from "./chat.js";
 import { bindComposer } from "./composer.js";
 import { bindLifecycle, resumeSession } from "./lifecycle.js";
 import { bindList } from "./list.js";
 import { bindLogin } from "./login.js";
 import { bindMembers } from "./members.js";
+import { onMessageChanged } from "./events.js";
 import { bindNewChat } from "./newchat.js";
 import { bindReceipts } from "./receipts.js";
 import { bindRouter } from "./router.js";
@@ -117,6 +135,9 @@ function boot() {
   bindSettings();
   bindChat();
   bindComposer();
+  bindActions();
+  bindAttachments();
+  onMessageUpdated(onMessageChanged);
   bindReceipts();
   bindSync();
   resumeSession();

@@ -1,6 +1,8 @@
 // The open chat: opening and closing it, its title bar, history pages and scrolling.
 
+import { renderComposerMode } from "./actions.js";
 import * as api from "./api.js";
+import { clearUploads } from "./attachments.js";
 import {
   conversationTitle,
   noteMessageInList,
@@ -66,6 +68,9 @@ export async function openChat(conversationId) {
   clearError($("chat-error"));
   clearError($("list-error"));
   $("message-input").value = "";
+  state.composing = null;
+  renderComposerMode();
+  clearUploads();
   renderChatChrome();
   renderTyping();
   scheduleRender();
@@ -164,6 +169,19 @@ async function loadOlder() {
     if (chat === state.chat) showError($("chat-error"), err);
   } finally {
     chat.loadingOlder = false;
+  }
+}
+
+/** Load older pages until `seq` is shown (a reply's quote was clicked); bounded. */
+export async function loadOlderUntil(seq) {
+  for (let page = 0; page < 100; page += 1) {
+    const chat = state.chat;
+    if (!chat || chat.elements.has(seq) || chat.nextBefore === null) return;
+    if (chat.loadingOlder) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      continue;
+    }
+    await loadOlder();
   }
 }
 

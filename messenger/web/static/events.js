@@ -8,7 +8,7 @@ import {
   removeConversation,
 } from "./conversations.js";
 import { announce } from "./dom.js";
-import { addMessages, refreshTicks } from "./messages.js";
+import { addMessages, refreshTicks, updateMessage } from "./messages.js";
 import { persistOutbox } from "./outbox.js";
 import { maybeMarkRead } from "./receipts.js";
 import { onMemberSettings } from "./safety.js";
@@ -35,6 +35,9 @@ function applyEvent(event) {
   switch (event.type) {
     case "message":
       onMessage(event.message, { announceIt: true });
+      break;
+    case "message_updated":
+      onMessageChanged(event.message);
       break;
     case "receipt":
       onReceipt(event);
@@ -105,6 +108,17 @@ export function onMessage(message, { announceIt }) {
       conv && conv.kind === "group" && !inOpenChat ? ` in ${conversationTitle(conv)}` : "";
     announce(`${userName(message.sender_id)}${where}: ${message.body}`);
   }
+}
+
+/** An edit, a deletion or a reaction: the message as it is now, wherever it shows. */
+export function onMessageChanged(message) {
+  if (!message || typeof message.seq !== "number") return;
+  const conv = state.conversations.get(message.conversation_id);
+  if (conv && conv.last_message && conv.last_message.seq === message.seq) {
+    conv.last_message = message;
+    scheduleRender();
+  }
+  updateMessage(message);
 }
 
 function onReceipt(event) {

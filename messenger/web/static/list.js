@@ -1,5 +1,6 @@
 // The conversation list pane: one button per conversation, updated in place.
 
+import { attachmentsSummary } from "./attachments.js";
 import {
   conversationTitle,
   loadConversations,
@@ -81,7 +82,10 @@ function fillConversationButton(button, conv) {
         : conv.kind === "group"
           ? `${userName(last.sender_id)}: `
           : "";
-    preview = prefix + last.body.replace(/\s+/g, " ");
+    const text = last.deleted
+      ? "Message deleted"
+      : (last.body || "").replace(/\s+/g, " ") || attachmentsSummary(last);
+    preview = prefix + text;
   }
   const peer = peerId(conv);
   const typers = state.typing.get(conv.id);

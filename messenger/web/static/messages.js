@@ -1,10 +1,16 @@
 // The message list of the open chat: confirmed messages in seq order, unsent ones
 // last, and their delivery ticks.
 
+import { menuButton, snippet, toggleReaction } from "./actions.js";
+import { attachmentsElement } from "./attachments.js";
+import { loadOlderUntil } from "./chat.js";
 import { $, formatFull, formatTime, h } from "./dom.js";
 import { discardUnsent, retryNow } from "./outbox.js";
 import { state } from "./state.js";
 import { userName } from "./users.js";
+
+// How long a message jumped to (from a reply's quote) stays highlighted.
+const HIGHLIGHT_MS = 1600;
 
 function ownStatus(conv, seq) {
   const others =
@@ -45,14 +51,76 @@ function statusMark(status) {
   );
 }
 
+/** Scroll to a message of the open chat (loading older pages if needed), and
+ * highlight it for a moment. */
+export async function jumpTo(seq) {
+  const chat = state.chat;
+  if (!chat) return;
+  if (!chat.elements.has(seq)) await loadOlderUntil(seq);
+  const el = chat.elements.get(seq);
+  if (!el || chat !== state.chat) return;
+  el.scrollIntoView({ block: "center" });
+  el.classList.add("highlight");
+  el.dataset.highlighted = "true";
+  el.tabIndex = -1;
+  el.focus({ preventScroll: true });
+  setTimeout(() => {
+    el.classList.remove("highlight");
+    delete el.dataset.highlighted;
+  }, HIGHLIGHT_MS);
+}
+
+function replyQuote(message) {
+  if (!message.reply_to) return null;
+  const chat = state.chat;
+  const quoted = chat ? chat.messages.get(message.reply_to) : null;
+  const who = quoted ? userName(quoted.sender_id) : "an earlier message";
+  return h(
+    "button",
+    {
+      type: "button",
+      class: "reply-quote",
+      "aria-label": `Reply to ${who}: show that message`,
+      dataset: { testid: "reply-quote", replyTo: String(message.reply_to) },
+      onclick: () => jumpTo(message.reply_to),
+    },
+    h("span", { class: "reply-who", text: who }),
+    h("span", { class: "reply-text", text: quoted ? snippet(quoted) : "" }),
+  );
+}
+
+function reactionsElement(message) {
+  const entries = Object.entries(message.reactions || {});
+  if (!entries.length) return null;
+  return h(
+    "div",
+    { class: "msg-reactions", dataset: { testid: "message-reactions" } },
+    entries.map(([emoji, ids]) => {
+      const mine = ids.includes(state.me.id);
+      const names = ids.map((id) => userName(id)).join(", ");
+      return h("button", {
+        type: "button",
+        class: `reaction${mine ? " mine" : ""}`,
+        "aria-pressed": String(mine),
+        "aria-label": `${emoji} ${ids.length}: ${names}`,
+        title: names,
+        text: `${emoji} ${ids.length}`,
+        dataset: { testid: "reaction-chip", emoji, count: String(ids.length) },
+        onclick: () => toggleReaction(message, emoji),
+      });
+    }),
+  );
+}
+
 function messageElement(message, conv) {
   const own = message.sender_id === state.me.id;
   const status = own ? ownStatus(conv, message.seq) : "received";
   const showSender = !own && conv && conv.kind === "group";
+  const deleted = Boolean(message.deleted);
   return h(
     "li",
     {
-      class: `msg ${own ? "own" : "theirs"}`,
+      class: `msg ${own ? "own" : "theirs"}${deleted ? " deleted" : ""}`,
       dataset: {
         testid: "message",
         seq: String(message.seq),
@@ -60,6 +128,8 @@ function messageElement(message, conv) {
         senderId: String(message.sender_id),
         own: String(own),
         status,
+        deleted: String(deleted),
+        edited: String(Boolean(message.edited_at)),
       },
     },
     showSender
@@ -69,10 +139,34 @@ function messageElement(message, conv) {
           dataset: { testid: "message-sender", userId: String(message.sender_id) },
         })
       : null,
-    h("span", { class: "msg-body", text: message.body, dataset: { testid: "message-body" } }),
+    deleted ? null : replyQuote(message),
+    deleted
+      ? h("span", {
+          class: "msg-deleted",
+          text: "Message deleted",
+          dataset: { testid: "message-deleted" },
+        })
+      : null,
+    h("span", {
+      class: "msg-body",
+      text: message.body,
+      hidden: !message.body,
+      dataset: { testid: "message-body" },
+    }),
+    deleted ? null : attachmentsElement(message),
+    deleted ? null : reactionsElement(message),
+    deleted ? null : menuButton(message),
     h(
       "span",
       { class: "msg-meta" },
+      message.edited_at && !deleted
+        ? h("span", {
+            class: "msg-edited",
+            text: "edited",
+            title: formatFull(message.edited_at),
+            dataset: { testid: "message-edited" },
+          })
+        : null,
       h("time", {
         datetime: message.created_at,
         title: formatFull(message.created_at),
@@ -108,6 +202,12 @@ function pendingElement(item) {
       },
     },
     h("span", { class: "msg-body", text: item.body, dataset: { testid: "message-body" } }),
+    item.attachment_ids && item.attachment_ids.length
+      ? h("span", {
+          class: "msg-pending-files",
+          text: `📎 ${item.attachment_ids.length} attached`,
+        })
+      : null,
     h(
       "span",
       { class: "msg-meta" },
@@ -133,6 +233,15 @@ function pendingElement(item) {
       statusMark(item.status),
     ),
   );
+}
+
+/** A changed message (an edit, a deletion, a reaction) in the open chat: shown as
+ * it is now, where it is. Messages not on screen are left for history to bring. */
+export function updateMessage(message) {
+  const chat = state.chat;
+  if (!chat || chat.id !== message.conversation_id) return;
+  if (!chat.messages.has(message.seq)) return;
+  addMessages([message]); // replies quoting it follow (refreshQuotes)
 }
 
 /** Insert or update confirmed messages of the open chat, in seq order. */
@@ -168,6 +277,21 @@ export function addMessages(messages) {
       else break;
     }
     list.insertBefore(el, before);
+  }
+  refreshQuotes(messages);
+}
+
+/** Replies on screen quoting any of these messages show their current text (a
+ * quoted message loaded later, edited or deleted). */
+function refreshQuotes(messages) {
+  const chat = state.chat;
+  const changed = new Set(messages.map((m) => m.seq));
+  const conv = state.conversations.get(chat.id);
+  for (const other of chat.messages.values()) {
+    if (!other.reply_to || !changed.has(other.reply_to) || changed.has(other.seq)) continue;
+    const el = messageElement(other, conv);
+    chat.elements.get(other.seq).replaceWith(el);
+    chat.elements.set(other.seq, el);
   }
 }
 

@@ -17,10 +17,12 @@ export function outboxKey() {
 export function persistOutbox() {
   if (!state.me) return;
   const items = [...state.outbox.values()].map(
-    ({ conversation_id, client_msg_id, body, created_at }) => ({
+    ({ conversation_id, client_msg_id, body, reply_to, attachment_ids, created_at }) => ({
       conversation_id,
       client_msg_id,
       body,
+      reply_to: reply_to || null,
+      attachment_ids: attachment_ids || [],
       created_at,
     }),
   );
@@ -84,7 +86,10 @@ export async function pumpQueue(conversationId) {
       item.error = null;
       renderPending(item);
       try {
-        const res = await api.sendMessage(conversationId, item.client_msg_id, item.body);
+        const res = await api.sendMessage(conversationId, item.client_msg_id, item.body, {
+          replyTo: item.reply_to,
+          attachmentIds: item.attachment_ids,
+        });
         if (state.session !== session) return;
         queue.failures = 0;
         state.outbox.delete(item.client_msg_id);

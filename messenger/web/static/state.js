@@ -24,6 +24,8 @@ export const state = {
   deliveredPosted: new Map(), // conversation_id -> seq
   readPosted: new Map(), // conversation_id -> seq
   lastTypingSentAt: 0,
+  composing: null, // {mode: "reply"|"edit", seq} while the composer replies or edits
+  uploads: [], // files being attached to the next message, see attachments.js
   presenceTimer: null,
   blocked: new Set(), // user ids this user blocked
   archivedView: false, // the list shows archived conversations instead
