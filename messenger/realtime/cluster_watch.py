@@ -42,13 +42,18 @@ class ClusterWatch:
         hub: Hub,
         registry: Registry,
         *,
+        username: str | None = None,
+        password: str | None = None,
         sleep: Callable[[float], object] = gevent.sleep,
     ) -> None:
         """Args:
         seeds: the nodes of MESSENGER_REDIS_URL; the slot map is read from
             the first of them (or of the masters last seen) that answers.
+        username, password: the URL's credentials, for every node.
         """
         self.seeds = list(seeds)
+        self.username = username
+        self.password = password
         self.hub = hub
         self.registry = registry
         self.sleep = sleep
@@ -102,6 +107,8 @@ class ClusterWatch:
             client = self._pings[address] = redis.Redis(
                 address[0],
                 address[1],
+                username=self.username,
+                password=self.password,
                 socket_timeout=PING_TIMEOUT_SECS,
                 socket_connect_timeout=PING_TIMEOUT_SECS,
                 retry=Retry(NoBackoff(), 0),

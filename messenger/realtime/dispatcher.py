@@ -75,7 +75,13 @@ class Dispatcher:
         self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._keep_registered)]
         target = parse_redis_url(self.redis_url)
         if target.kind == CLUSTER:
-            self._watch = ClusterWatch(list(target.nodes), self.hub, self.registry)
+            self._watch = ClusterWatch(
+                list(target.nodes),
+                self.hub,
+                self.registry,
+                username=target.username,
+                password=target.password,
+            )
             self._greenlets.append(gevent.spawn(self._watch.run))
 
     def stop(self) -> None:

@@ -33,8 +33,9 @@ def test_masters_answering_again_restore_wakes_and_registrations(
 ) -> None:
     hub = Hub()
     registry = Registry(redis, "w", hub)
-    address = ("127.0.0.1", redis.connection_pool.connection_kwargs["port"])
-    watch = ClusterWatch([address], hub, registry)
+    kwargs = redis.connection_pool.connection_kwargs
+    address = ("127.0.0.1", kwargs["port"])
+    watch = ClusterWatch([address], hub, registry, password=kwargs.get("password"))
     try:
         monkeypatch.setattr(watch, "_masters", lambda: None)
         assert not watch.check_once() and not hub.redis_ok

@@ -4,6 +4,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis as redis_lib
@@ -22,6 +23,7 @@ def sentinel_url(tmp_path: Path) -> Iterator[str]:
     conf.write_text(
         f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n"
+        f"sentinel auth-pass mymaster {primary.password}\n"
     )
     sentinel = subprocess.Popen(
         [str(find_redis_server().path), str(conf), "--sentinel"],
@@ -42,7 +44,9 @@ def sentinel_url(tmp_path: Path) -> Iterator[str]:
             assert time.monotonic() < deadline, "sentinel did not start"
             time.sleep(0.05)
         client.close()
-        yield f"redis+sentinel://127.0.0.1:{port}/mymaster/0"
+        # The primary's password (the embedded Redis requires one) in the URL.
+        secret = quote(primary.password, safe="")
+        yield f"redis+sentinel://:{secret}@127.0.0.1:{port}/mymaster/0"
     finally:
         sentinel.terminate()
         sentinel.wait(10)
