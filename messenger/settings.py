@@ -104,7 +104,7 @@ def _read_redis_url(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
             "redis+sentinel:// URL."
         )
     # Imported here: settings must stay importable without redis-py's modules.
-    from messenger.realtime.connections import parse_redis_url
+    from messenger.realtime.redis_urls import parse_redis_url
 
     try:
         parse_redis_url(raw)

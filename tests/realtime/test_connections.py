@@ -2,7 +2,7 @@
 
 import pytest
 
-from messenger.realtime.connections import CLUSTER, PLAIN, SENTINEL, parse_redis_url
+from messenger.realtime.redis_urls import CLUSTER, PLAIN, SENTINEL, parse_redis_url
 from messenger.settings import ConfigError, load
 
 
