@@ -200,6 +200,17 @@ def make_dirs(path: Path, mode: int = 0o755) -> None:
 PASSWORD_FILE = "password"
 
 
+def share_password(folder: Path, password: str) -> None:
+    """Make `password` the one kept in folder/password (mode 0600): servers that
+    clients reach with one password (the nodes of a Redis Cluster) share it."""
+    make_dirs(folder, 0o700)
+    partial = folder / f".{PASSWORD_FILE}.{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    partial.replace(folder / PASSWORD_FILE)
+
+
 def read_or_create_password(folder: Path) -> str:
     """The password kept in folder/password, made (random, mode 0600) when missing.
 

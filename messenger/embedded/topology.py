@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -43,6 +44,8 @@ from messenger.embedded.processes import (
     free_port,
     is_process_running,
     process_argv0,
+    read_or_create_password,
+    share_password,
     terminate,
     wait_until_gone,
 )
@@ -113,13 +116,16 @@ class TopologyState:
 def form_redis_cluster(
     ports: list[int],
     bus_ports: list[int],
+    password: str | None = None,
     timeout_secs: float = CLUSTER_FORM_SECS,
 ) -> None:
     """Give each node an equal share of the slots, introduce them to each other
     and wait until every node reports the cluster ok (`redis-cli --cluster
     create` without replicas, through redis-py)."""
     clients = [
-        redis.Redis(HOST, port, socket_timeout=5, decode_responses=True)
+        redis.Redis(
+            HOST, port, password=password, socket_timeout=5, decode_responses=True
+        )
         for port in ports
     ]
     try:
@@ -271,17 +277,21 @@ class Topology:
             }[index]
             self._progress(f"PostgreSQL pg{index} on {HOST}:{pg.port}: {role}")
         bus_ports = [free_port() for _ in range(REDIS_NODES)]
+        # One password for every node: a cluster client has one for all.
+        password = read_or_create_password(self.root)
         for index in range(REDIS_NODES):
             node = redis_node(
                 self.root, index + 1, free_port(), bus_ports[index], self.say
             )
+            share_password(node.data_dir, password)
             node.start()
             self.redis_nodes.append(node)
         ports = [n.port for n in self.redis_nodes]
         self._progress(f"Redis nodes on {', '.join(str(p) for p in ports)}")
-        form_redis_cluster(ports, bus_ports)
-        redis_url = "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports)
-        self._progress(f"Redis Cluster formed: three masters ({redis_url})")
+        form_redis_cluster(ports, bus_ports, password)
+        nodes = ",".join(f"{HOST}:{p}" for p in ports)
+        redis_url = f"redis+cluster://:{quote(password, safe='')}@{nodes}"
+        self._progress(f"Redis Cluster formed: three masters (redis+cluster://{nodes})")
 
         dsns = [pg.dsn(f"m{i}") for i, pg in enumerate(self.pgs, 1)]
         metrics_token = secrets.token_hex(16)
@@ -547,7 +557,8 @@ def up(
         say(f"URL: {state.url}")
         for name, url in state.hosts.items():
             say(f"  {name}: {url}")
-        say(f"  Redis Cluster: {state.redis_url}")
+        # The URL without its password (it is in the folder's password file).
+        say(f"  Redis Cluster: {re.sub(r'//:[^@]*@', '//', state.redis_url)}")
         say(f"  metrics token: {state.metrics_token}")
         say("`make cluster-down` (or Ctrl-C here) stops everything")
         topology.supervise(lambda: stopping)

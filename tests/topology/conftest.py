@@ -27,6 +27,7 @@ import requests
 from redis.cluster import key_slot
 
 from messenger.embedded import EmbeddedPostgres, free_port
+from messenger.embedded.processes import read_or_create_password
 from messenger.embedded.topology import SHARDS, TopologyState
 from tests.conftest import require_program, unique_handle
 
@@ -82,8 +83,9 @@ class Topology:
         )
 
     def redis_nodes(self) -> list[redis_lib.Redis]:
+        password = read_or_create_password(self.root)  # the cluster's, see topology
         return [
-            redis_lib.Redis("127.0.0.1", port, socket_timeout=5)
+            redis_lib.Redis("127.0.0.1", port, password=password, socket_timeout=5)
             for port in self.state.redis_ports
         ]
 
