@@ -7,8 +7,9 @@ imported.
   fan-out, wherever it runs (a request, the sweeper, `messenger sweep`), queues
   pushes for offline members. Starts nothing.
 - `start(rt)`: this worker's background work: the wake-up dispatcher, the outbox
-  sweeper and the presence tracker (whose notes the poll hooks feed). Returns a
-  Background that stops all of it.
+  sweeper, the shard map follower (the directory's epoch) and the presence
+  tracker (whose notes the poll hooks feed). Returns a Background that stops
+  all of it.
 
 gunicorn workers (wsgi.py) and the tests call both; `messenger sweep` and
 `trim-events` only build.
@@ -27,6 +28,7 @@ from messenger.realtime.presence import PresenceBoard
 from messenger.runtime import Runtime
 from messenger.services import presence, push
 from messenger.settings import Settings
+from messenger.storage.shardmap import MapFollower
 from messenger.workers.sweeper import SweepLoop
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class Background:
     dispatcher: Dispatcher
     sweeper: SweepLoop
     tracker: presence.Tracker
+    follower: MapFollower
     greenlets: list[gevent.Greenlet] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -61,6 +64,7 @@ class Background:
         if presence.tracker() is self.tracker:
             presence.use_tracker(None)
         self.sweeper.stop()
+        self.follower.stop()
         self.tracker.stop()
         self.dispatcher.stop()
         gevent.joinall(self.greenlets, timeout=STOP_TIMEOUT_SECS)
@@ -75,6 +79,7 @@ def start(rt: Runtime) -> Background:
         rt.settings.redis_url or "", rt.worker_id, rt.hub, rt.registry
     )
     sweeper = SweepLoop(rt)
+    follower = MapFollower(rt.router, rt.worker_id)
     tracker = presence.Tracker(rt, PresenceBoard(rt.redis))
     presence.use_tracker(tracker)
     rt.hub.on_poll_start.append(tracker.note)
@@ -85,6 +90,11 @@ def start(rt: Runtime) -> Background:
         dispatcher,
         sweeper,
         tracker,
-        [gevent.spawn(sweeper.run), gevent.spawn(tracker.run)],
+        follower,
+        [
+            gevent.spawn(sweeper.run),
+            gevent.spawn(tracker.run),
+            gevent.spawn(follower.run),
+        ],
     )
     return background

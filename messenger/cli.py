@@ -37,11 +37,14 @@ def _router(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_migrate(settings: Settings) -> int:
-    from messenger.storage.migrate import migrate
+    from messenger.storage.migrate import MigrateRefused, migrate
 
     router = _router(settings)
     try:
         result = migrate(router, progress=_progress if sys.stdout.isatty() else None)
+    except MigrateRefused as exc:
+        print(f"messenger: migrate refused: {exc}", file=sys.stderr)
+        return 1
     finally:
         router.close()
     _say(
@@ -207,7 +210,8 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
                 env["MESSENGER_REDIS_URL"] = servers.redis.url
                 _say(f"Redis: {servers.redis.binaries_source}")
             settings = load(env)
-        cmd_migrate(settings)
+        if cmd_migrate(settings) != 0:
+            return 1
         if servers is not None:
             # What `messenger doctor` and `messenger backup` need to reach them.
             _say(

@@ -385,6 +385,12 @@ class EmbeddedPostgres(Server):
             "timezone = 'UTC'\n"
             "log_timezone = 'UTC'\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
+            # `messenger move-shard` copies a shard with logical replication.
+            "wal_level = logical\n"
+            "max_replication_slots = 16\n"
+            "max_wal_senders = 16\n"
+            "max_logical_replication_workers = 8\n"
+            "max_worker_processes = 16\n"
         )
         path = cluster / "messenger.conf"
         try:
@@ -478,19 +484,23 @@ class EmbeddedPostgres(Server):
             time.sleep(0.1)
 
     def _create_databases(self) -> None:
+        for name in self.databases:
+            self.create_database(name)
+
+    def create_database(self, name: str) -> None:
+        """Create a database on the running server unless it exists."""
         conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=5)
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                for name in self.databases:
-                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                    if cur.fetchone() is not None:
-                        continue
-                    say(self._log, f"PostgreSQL: creating database {name}")
-                    # A concurrent starter may create it between the check and here.
-                    with contextlib.suppress(pg_errors.DuplicateDatabase):
-                        cur.execute(
-                            sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-                        )
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is not None:
+                    return
+                say(self._log, f"PostgreSQL: creating database {name}")
+                # A concurrent starter may create it between the check and here.
+                with contextlib.suppress(pg_errors.DuplicateDatabase):
+                    cur.execute(
+                        sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+                    )
         finally:
             conn.close()

@@ -45,9 +45,12 @@ def stack(services: Services, settings: Any) -> Iterator[Stack]:
     rds = EmbeddedRedis(root / "redis", free_port(), persistent=False)
     pg.start()
     rds.start()
+    # Its own directory: the session's says shards 4.. live in m2.
+    services.pg.create_database("outages")
     env = {
-        "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('m1')};"
+        "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('outages')};"
         f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
+        "MESSENGER_DIRECTORY_URL": services.pg.dsn("outages"),
         "MESSENGER_REDIS_URL": rds.url,
         "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
         "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
