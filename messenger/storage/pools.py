@@ -121,6 +121,11 @@ class Pool:
         conn.autocommit = True
         return conn
 
+    def connect_unpooled(self) -> psycopg2.extensions.connection:
+        """A connection of the caller's own (autocommit), outside the pool's
+        bound; the caller closes it."""
+        return self._connect()
+
     @contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
         """Check out a connection (autocommit on); broken ones are discarded.
