@@ -347,7 +347,7 @@ def _fence(router: Router, move: Move, *, on: bool) -> None:
                     sql.SQL(
                         "CREATE OR REPLACE TRIGGER move_fence BEFORE INSERT OR UPDATE "
                         "OR DELETE OR TRUNCATE ON {} FOR EACH STATEMENT "
-                        "EXECUTE FUNCTION {}"
+                        "EXECUTE FUNCTION {}()"
                     ).format(
                         sql.Identifier(schema, table),
                         sql.Identifier(schema, "move_fence"),
