@@ -28,7 +28,7 @@ from messenger.realtime.presence import PresenceBoard
 from messenger.runtime import Runtime
 from messenger.services import presence, push
 from messenger.settings import Settings
-from messenger.storage.shardmap import MapFollower
+from messenger.storage.follower import MapFollower
 from messenger.workers.sweeper import SweepLoop
 
 logger = logging.getLogger(__name__)
