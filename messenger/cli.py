@@ -185,7 +185,7 @@ def cmd_rebalance(settings: Settings, apply: bool) -> int:
 
     router = _router(settings)
     try:
-        plan = placement.plan_rebalance(placement.stored_map(router))
+        plan = placement.plan_rebalance(placement.stored_map(router), router.databases)
         if not plan:
             _say("rebalance: the shards are spread evenly; nothing to move")
             return 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from messenger.settings import ConfigError
@@ -99,18 +100,32 @@ def report(router: Router) -> Report:
     return Report(stored.shards, stored.epoch, infos, databases, moving)
 
 
-def plan_rebalance(stored: shardmap.StoredMap) -> list[tuple[int, str, str]]:
+def plan_rebalance(
+    stored: shardmap.StoredMap, usable: Collection[str] | None = None
+) -> list[tuple[int, str, str]]:
     """The moves (shard, from, to) that leave every database with N/D shards
-    (the first N % D by name one more), moving as few shards as possible."""
-    names = sorted(stored.databases)
+    (the fullest N % D one more), moving as few shards as possible.
+
+    Args:
+        usable: the databases shards may go to (those with a URL here); all the
+            directory knows by default.
+    """
+    names = sorted(
+        set(stored.databases) & set(usable) if usable is not None else stored.databases
+    )
     if not names:
         return []
     placement = list(stored.database_by_shard)
-    count = {n: placement.count(n) for n in names}
+    count = {n: placement.count(n) for n in set(names) | set(placement)}
     base, extra = divmod(stored.shards, len(names))
     # Databases already holding the most keep the extra shards: fewer moves.
     by_load = sorted(names, key=lambda n: (-count[n], n))
     want = {n: base + (1 if i < extra else 0) for i, n in enumerate(by_load)}
+    # A database without a URL here keeps nothing: its shards move away.
+    stranded = [n for n in count if n not in want]
+    for n in stranded:
+        want[n] = 0
+    by_load = stranded + by_load
     moves: list[tuple[int, str, str]] = []
     for _ in range(stored.shards):
         over = [n for n in by_load if count[n] > want[n]]

@@ -422,3 +422,104 @@ def test_a_move_crashed_while_fenced_resumes_and_one_crashed_while_copying_rolls
         "after",
         "after abort",
     ]
+
+
+def test_add_database_records_a_name_and_says_to_configure_it(
+    settings: Settings,
+    services: Services,
+    mover: Router,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from messenger.cli import cmd_add_database
+
+    services.pg.create_database("m4")
+    try:
+        assert cmd_add_database(settings, f"m4={services.pg.dsn('m4')}") == 0
+        out = capsys.readouterr().out
+        assert "add-database: m4 " in out and "added; wal_level = logical" in out
+        assert "add m4=" in out and "to MESSENGER_DATABASES on every process" in out
+        assert "m4" in placement.stored_map(mover).databases
+        # m4 has no URL in these settings: a rebalance leaves it out.
+        assert placement.plan_rebalance(
+            placement.stored_map(mover), mover.databases
+        ) == placement.plan_rebalance(placement.stored_map(mover), ["m1", "m2", "m3"])
+        with pytest.raises(ConfigError, match="another URL"):
+            cmd_add_database(settings, f"m3={services.pg.dsn('m4')}")
+    finally:
+        with mover.directory("test_forget") as cur:
+            cur.execute("DELETE FROM directory.shard_databases WHERE name = 'm4'")
+
+
+@pytest.mark.slow
+def test_rebalance_apply_spreads_two_databases_over_three(
+    settings: Settings,
+    mover: Router,
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from messenger.cli import cmd_rebalance
+
+    assert cmd_rebalance(settings, apply=False) == 0
+    planned = capsys.readouterr().out
+    assert planned.count("rebalance: ") == 2, planned
+    assert cmd_rebalance(settings, apply=True) == 0
+    out = capsys.readouterr().out
+    assert "rebalance: done, 2 shard(s) moved" in out, out
+    stored = placement.stored_map(mover)
+    assert sorted(Counter(stored.database_by_shard).values()) == [2, 3, 3]
+    moved = [s for s, name in enumerate(stored.database_by_shard) if name == "m3"]
+    wait_for_epoch(stored.epoch)
+    # The moved shards serve: a conversation between users on them works.
+    a, b = (users_on(make_user, shard, 1)[0] for shard in moved)
+    conversation_id = chat.direct(a, b)
+    chat.send(a, conversation_id, "on m3")
+    events = stored_events(chat.drain(b, "0")[0])
+    assert [e["message"]["body"] for e in events if e["type"] == "message"] == ["on m3"]
+    assert cmd_rebalance(settings, apply=False) == 0
+    assert "nothing to move" in capsys.readouterr().out
+    for shard in moved:
+        move_back(mover, shard, "m1" if shard < 4 else "m2")
+    wait_for_epoch(placement.stored_map(mover).epoch)
+
+
+@pytest.mark.slow
+def test_copy_speed_of_a_larger_shard(mover: Router, services: Services) -> None:
+    """Moves shard 6 with 100 000 extra mailbox rows (of no user) and back,
+    verifying every row; prints the copy speed (`pytest -s`)."""
+    rows = 100_000
+    schema = schema_name(LOAD_SHARD)
+    with mover.on_dsn(services.pg.dsn("m2"), "test_fill") as cur:
+        cur.execute(
+            f"INSERT INTO {schema}.mailbox (user_id, conversation_id, seq, "
+            "sender_id, client_msg_id, body, created_at) "
+            "SELECT 8000000000 + %s, 1, n, 1, md5(n::text), repeat('x', 200), now() "
+            "FROM generate_series(1, %s) AS n",
+            (LOAD_SHARD, rows),
+        )
+    try:
+        result = moves.move_shard(mover, LOAD_SHARD, "m3")
+        assert result.tables["mailbox"].rows >= rows
+        print(
+            f"\ncopy: {result.rows} rows, {result.copy_bytes / 1e6:.1f} MB in "
+            f"{result.copy_secs:.2f} s: {result.rows / result.copy_secs:.0f} rows/s, "
+            f"{result.copy_bytes / 1e6 / result.copy_secs:.1f} MB/s; fence "
+            f"{result.fence_secs:.2f} s"
+        )
+        moves.drop_moved_shards(mover, LOAD_SHARD)
+        with mover.on_dsn(services.pg.dsn("m3"), "test_empty") as cur:
+            cur.execute(
+                f"DELETE FROM {schema}.mailbox WHERE user_id = 8000000000 + %s",
+                (LOAD_SHARD,),
+            )
+        move_back(mover, LOAD_SHARD, "m2")
+    finally:
+        for name in ("m2", "m3"):
+            with mover.on_dsn(services.pg.dsn(name), "test_empty") as cur:
+                cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+                if cur.fetchone():
+                    cur.execute(
+                        f"DELETE FROM {schema}.mailbox WHERE user_id = 8000000000 + %s",
+                        (LOAD_SHARD,),
+                    )
