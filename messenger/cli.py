@@ -349,7 +349,7 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
     try:
         if settings.is_embedded:
             servers = _local_servers(settings)
-            if not (settings.database_url or settings.shard_map):
+            if not (settings.database_url or settings.shard_map or settings.databases):
                 servers.pg.start()
                 started.append(servers.pg)
                 env["MESSENGER_DATABASE_URL"] = servers.pg.dsn("messenger")
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(settings, args.workers, not args.no_push_worker)
         if args.command in ("backup", "restore"):
-            if not (settings.database_url or settings.shard_map):
+            if not (settings.database_url or settings.shard_map or settings.databases):
                 raise ConfigError(
                     "MESSENGER_DATABASE_URL or MESSENGER_SHARD_MAP must be set (for "
                     "`messenger run`'s database: the URL it prints)."

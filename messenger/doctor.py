@@ -72,7 +72,7 @@ def embedded_targets(settings: Settings) -> Settings:
     from messenger.embedded import EmbeddedPostgres, EmbeddedRedis
 
     changes: dict[str, object] = {}
-    if not (settings.database_url or settings.shard_map):
+    if not (settings.database_url or settings.shard_map or settings.databases):
         pg = EmbeddedPostgres(settings.data_dir / "postgres", settings.embedded_pg_port)
         changes["database_url"] = pg.dsn("messenger")
     if not settings.redis_url:
