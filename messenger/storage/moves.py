@@ -224,8 +224,8 @@ def preflight(router: Router, shard: int, target: str) -> Move:
             )
     if shard in shard_schemas_in(router, target_dsn):
         raise MoveError(
-            f"Database {target} already has {schema_name(shard)}: drop that stray "
-            "copy first."
+            f"Database {target} already has {schema_name(shard)}: drop that copy "
+            f"first (`messenger drop-moved-shard {shard}` if a move left it)."
         )
     with router.directory("move_start") as cur:
         cur.execute(
