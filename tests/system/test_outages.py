@@ -51,6 +51,8 @@ def stack(services: Services, settings: Any) -> Iterator[Stack]:
         "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('outages')};"
         f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
         "MESSENGER_DIRECTORY_URL": services.pg.dsn("outages"),
+        # Nor does it know the session's databases (m1 holds shards 0-3 too).
+        "MESSENGER_DATABASES": "",
         "MESSENGER_REDIS_URL": rds.url,
         "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
         "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
