@@ -43,26 +43,29 @@ def stack(services: Services, settings: Any) -> Iterator[Stack]:
     root.chmod(0o755)
     pg = EmbeddedPostgres(root / "pg", free_port(), databases=("m3",))
     rds = EmbeddedRedis(root / "redis", free_port(), persistent=False)
-    pg.start()
-    rds.start()
-    # Its own directory: the session's says shards 4.. live in m2.
-    services.pg.create_database("outages")
-    env = {
-        "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('outages')};"
-        f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
-        "MESSENGER_DIRECTORY_URL": services.pg.dsn("outages"),
-        # Nor does it know the session's databases (m1 holds shards 0-3 too).
-        "MESSENGER_DATABASES": "",
-        "MESSENGER_REDIS_URL": rds.url,
-        "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
-        "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
-    }
-    cmd_migrate(load(services.env(**env)))
-    server = start_gunicorn(services, root, workers=2, **env)
+    server = None
     try:
+        pg.start()
+        rds.start()
+        # Its own directory: the session's says shards 4.. live in m2.
+        services.pg.create_database("outages")
+        env = {
+            "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('outages')};"
+            f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
+            "MESSENGER_DIRECTORY_URL": services.pg.dsn("outages"),
+            # Nor does it know the session's databases (m1 holds shards 0-3 too).
+            "MESSENGER_DATABASES": "",
+            "MESSENGER_REDIS_URL": rds.url,
+            "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
+            "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
+        }
+        assert cmd_migrate(load(services.env(**env))) == 0
+        server = start_gunicorn(services, root, workers=2, **env)
         yield Stack(server, Api(server.url), pg, rds)
     finally:
-        server.stop()
+        # Also when the setup failed half way: nothing stays under /var/tmp.
+        if server is not None:
+            server.stop()
         rds.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
