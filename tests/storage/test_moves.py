@@ -538,3 +538,18 @@ def test_copy_speed_of_a_larger_shard(mover: Router, services: Services) -> None
                         f"DELETE FROM {schema}.mailbox WHERE user_id = 8000000000 + %s",
                         (LOAD_SHARD,),
                     )
+
+
+def test_move_shard_command_refuses_clearly(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from messenger.cli import cmd_move_shard
+
+    assert cmd_move_shard(settings, 2, "m1", abort=False) == 1
+    assert "move-shard: Shard 2 is already in m1." in capsys.readouterr().err
+    assert cmd_move_shard(settings, 99, "m3", abort=False) == 1
+    assert "There is no shard 99: shards are 0..7." in capsys.readouterr().err
+    assert cmd_move_shard(settings, 2, "nowhere", abort=False) == 1
+    assert "MESSENGER_DATABASES has no URL for nowhere" in capsys.readouterr().err
+    assert cmd_move_shard(settings, 2, None, abort=True) == 0
+    assert "no move of shard 2 is under way" in capsys.readouterr().out
