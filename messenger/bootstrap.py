@@ -7,9 +7,10 @@ imported.
   fan-out, wherever it runs (a request, the sweeper, `messenger sweep`), queues
   pushes for offline members. Starts nothing.
 - `start(rt)`: this worker's background work: the wake-up dispatcher, the outbox
-  sweeper (with its hourly removal of uploads never sent), the presence tracker
-  (whose notes the poll hooks feed) and the revocation listener (which keeps the
-  token cache honest). Returns a Background that stops all of it.
+  sweeper (with its hourly removal of uploads never sent), the shard map
+  follower (the directory's epoch), the presence tracker (whose notes the poll
+  hooks feed) and the revocation listener (which keeps the token cache honest).
+  Returns a Background that stops all of it.
 
 gunicorn workers (wsgi.py) and the tests call both; `messenger sweep` and
 `trim-events` only build.
@@ -29,6 +30,7 @@ from messenger.realtime.revocations import RevocationListener
 from messenger.runtime import Runtime
 from messenger.services import attachments, blocks, presence, push, sessions
 from messenger.settings import Settings
+from messenger.storage.follower import MapFollower
 from messenger.workers.sweeper import Chore, SweepLoop
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class Background:
     sweeper: SweepLoop
     tracker: presence.Tracker
     revocations: RevocationListener
+    follower: MapFollower
     greenlets: list[gevent.Greenlet] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -72,6 +75,7 @@ class Background:
         blocks.blockers_cache.is_live = lambda: False
         blocks.blockers_cache.clear()
         self.sweeper.stop()
+        self.follower.stop()
         self.tracker.stop()
         self.dispatcher.stop()
         gevent.joinall(self.greenlets, timeout=STOP_TIMEOUT_SECS)
@@ -91,6 +95,7 @@ def start(rt: Runtime) -> Background:
         rt,
         [Chore("gc-attachments", COLLECT_ATTACHMENTS_EVERY_SECS, attachments.collect)],
     )
+    follower = MapFollower(rt.router, rt.worker_id)
     tracker = presence.Tracker(rt, PresenceBoard(rt.redis))
     presence.use_tracker(tracker)
     rt.hub.on_poll_start.append(tracker.note)
@@ -117,6 +122,11 @@ def start(rt: Runtime) -> Background:
         sweeper,
         tracker,
         revocations,
-        [gevent.spawn(sweeper.run), gevent.spawn(tracker.run)],
+        follower,
+        [
+            gevent.spawn(sweeper.run),
+            gevent.spawn(tracker.run),
+            gevent.spawn(follower.run),
+        ],
     )
     return background

@@ -1,5 +1,6 @@
 """The `messenger` command: run (embedded default), migrate, sweep, trim-events,
-push-worker, backup, restore, doctor, gc-attachments."""
+push-worker, backup, restore, doctor, gc-attachments, and the shard tier's
+shards, move-shard, drop-moved-shard, add-database, rebalance."""
 
 from __future__ import annotations
 
@@ -37,17 +38,172 @@ def _router(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_migrate(settings: Settings) -> int:
-    from messenger.storage.migrate import migrate
+    from messenger.storage.migrate import MigrateRefused, migrate
 
     router = _router(settings)
     try:
         result = migrate(router, progress=_progress if sys.stdout.isatty() else None)
+    except MigrateRefused as exc:
+        print(f"messenger: migrate refused: {exc}", file=sys.stderr)
+        return 1
     finally:
         router.close()
     _say(
         f"migrations: {result.applied} applied across {result.schemas} schemas "
         "(directory + shards); up to date"
     )
+    return 0
+
+
+def _mb(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB"
+
+
+def cmd_shards(settings: Settings) -> int:
+    """Print the map, each shard's size and rows, each database's load."""
+    from messenger.storage import placement
+
+    router = _router(settings)
+    try:
+        report = placement.report(router)
+    finally:
+        router.close()
+    print(f"shard map: {report.shards} shards, epoch {report.epoch}")
+    if report.moving:
+        print(f"moving: {report.moving}")
+    print(f"{'database':<16} {'shards':>6} {'connections':>11} {'size':>10}")
+    for db in report.databases:
+        if not db.reachable:
+            print(f"{db.name:<16} {db.shards:>6} (no URL in MESSENGER_DATABASES)")
+            continue
+        print(
+            f"{db.name:<16} {db.shards:>6} {db.connections:>11} "
+            f"{_mb(db.size_bytes):>10}"
+        )
+    print(f"{'shard':>5} {'database':<16} {'state':<7} {'size':>10} rows")
+    for info in report.shard_infos:
+        rows = " ".join(f"{t}={n}" for t, n in sorted(info.rows.items()) if n)
+        print(
+            f"{info.shard:>5} {info.database:<16} {info.state:<7} "
+            f"{_mb(info.size_bytes):>10} {rows or '-'}"
+        )
+    return 0
+
+
+def cmd_move_shard(
+    settings: Settings, shard: int, target: str | None, abort: bool
+) -> int:
+    """Move a logical shard online, resume a crashed move, or roll one back."""
+    from messenger.storage import moves
+
+    router = _router(settings)
+    try:
+        if abort:
+            if not moves.abort_move(router, shard, say=_say):
+                _say(f"move-shard: no move of shard {shard} is under way")
+            return 0
+        if target is None:
+            print("messenger: move-shard needs --to NAME (or --abort)", file=sys.stderr)
+            return 2
+        result = moves.move_shard(router, shard, target, say=_say)
+    except moves.MoveError as exc:
+        print(f"messenger: move-shard: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        router.close()
+    _say(
+        f"move-shard {shard}: verified {len(result.tables)} tables, {result.rows} "
+        "rows (counts and checksums equal)"
+    )
+    if result.copy_secs:
+        _say(
+            f"move-shard {shard}: copy {result.rows / result.copy_secs:.0f} rows/s, "
+            f"{result.copy_bytes / 1e6 / result.copy_secs:.2f} MB/s; "
+            f"fence {result.fence_secs:.2f} s"
+        )
+    _say("run `messenger drop-moved-shard` once you no longer need the old copy")
+    return 0
+
+
+def cmd_drop_moved_shard(settings: Settings, shard: int | None) -> int:
+    from messenger.storage import moves
+
+    router = _router(settings)
+    try:
+        dropped = moves.drop_moved_shards(router, shard, say=_say)
+    except moves.MoveError as exc:
+        print(f"messenger: drop-moved-shard: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        router.close()
+    if not dropped:
+        _say("drop-moved-shard: no old copies left")
+    return 0
+
+
+def cmd_add_database(settings: Settings, spec: str) -> int:
+    """Record a database shards may move to (its URL must be in
+    MESSENGER_DATABASES on every process)."""
+    from messenger.settings import parse_databases
+    from messenger.storage import shardmap
+    from messenger.storage.pools import describe_dsn
+
+    ((name, dsn),) = parse_databases(spec) or (("", ""),)
+    if not name:
+        raise ConfigError("add-database takes NAME=postgresql://...")
+    known = settings.resolved_databases()
+    if known.get(name, dsn) != dsn:
+        raise ConfigError(
+            f"MESSENGER_DATABASES names {name} with another URL than the one given."
+        )
+    router = _router(settings)
+    try:
+        router.databases.setdefault(name, dsn)
+        with router.on_dsn(dsn, "add_database", transaction=False) as cur:
+            cur.execute("SELECT current_setting('wal_level')")
+            wal_level = cur.fetchone()[0]
+        with router.directory("add_database") as cur:
+            added = shardmap.add_database(cur, name)
+    finally:
+        router.close()
+    _say(
+        f"add-database: {name} ({describe_dsn(dsn)}) "
+        + ("added" if added else "was already known")
+        + f"; wal_level = {wal_level}"
+    )
+    if name not in known:
+        _say(
+            f"add {name}={describe_dsn(dsn)} to MESSENGER_DATABASES on every "
+            "process before moving a shard there"
+        )
+    return 0
+
+
+def cmd_rebalance(settings: Settings, apply: bool) -> int:
+    """Print (or run, one move at a time) the moves that spread shards evenly."""
+    from messenger.storage import moves, placement
+
+    router = _router(settings)
+    try:
+        plan = placement.plan_rebalance(placement.stored_map(router), router.databases)
+        if not plan:
+            _say("rebalance: the shards are spread evenly; nothing to move")
+            return 0
+        for index, (shard, source, target) in enumerate(plan, 1):
+            _say(
+                f"rebalance: {index}/{len(plan)} move shard {shard} {source} → {target}"
+            )
+        if not apply:
+            return 0
+        for index, (shard, _source, target) in enumerate(plan, 1):
+            _say(f"rebalance: move {index}/{len(plan)}")
+            moves.move_shard(router, shard, target, say=_say)
+    except moves.MoveError as exc:
+        print(f"messenger: rebalance: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        router.close()
+    _say(f"rebalance: done, {len(plan)} shard(s) moved")
     return 0
 
 
@@ -261,7 +417,7 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
     try:
         if settings.is_embedded:
             servers = _local_servers(settings)
-            if not (settings.database_url or settings.shard_map):
+            if not (settings.database_url or settings.shard_map or settings.databases):
                 servers.pg.start()
                 started.append(servers.pg)
                 env["MESSENGER_DATABASE_URL"] = servers.pg.dsn("messenger")
@@ -275,7 +431,8 @@ def cmd_run(settings: Settings, workers: int | None, push_worker: bool = True) -
                 env["MESSENGER_REDIS_URL"] = servers.redis.url
                 _say(f"Redis: {servers.redis.binaries_source}")
             settings = load(env)
-        cmd_migrate(settings)
+        if cmd_migrate(settings) != 0:
+            return 1
         if servers is not None:
             # What `messenger doctor` and `messenger backup` need to reach them.
             _say(
@@ -381,6 +538,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     restore.add_argument("file", type=Path)
     sub.add_parser(
+        "shards", help="the shard map, each shard's size and rows, each database's load"
+    )
+    move = sub.add_parser(
+        "move-shard",
+        help="move a logical shard to another database online (resumes a crashed move)",
+    )
+    move.add_argument("shard", type=int)
+    move.add_argument("--to", dest="target", help="the database name")
+    move.add_argument(
+        "--abort", action="store_true", help="roll back a move that has not switched"
+    )
+    drop = sub.add_parser(
+        "drop-moved-shard", help="drop the old copies of moved shards"
+    )
+    drop.add_argument("shard", type=int, nargs="?")
+    add_db = sub.add_parser(
+        "add-database", help="record a database (NAME=URL) shards may move to"
+    )
+    add_db.add_argument("spec", metavar="NAME=URL")
+    rebalance = sub.add_parser(
+        "rebalance", help="spread the shards evenly over the databases"
+    )
+    mode = rebalance.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--plan", action="store_true", help="print the moves")
+    mode.add_argument("--apply", action="store_true", help="make them, one at a time")
+    sub.add_parser(
         "doctor",
         help="check settings, databases, Redis, migrations, clocks and limits",
     )
@@ -423,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(settings, args.workers, not args.no_push_worker)
         if args.command in ("backup", "restore"):
-            if not (settings.database_url or settings.shard_map):
+            if not (settings.database_url or settings.shard_map or settings.databases):
                 raise ConfigError(
                     "MESSENGER_DATABASE_URL or MESSENGER_SHARD_MAP must be set (for "
                     "`messenger run`'s database: the URL it prints)."
@@ -438,6 +621,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "migrate":
             return cmd_migrate(settings)
+        if args.command == "shards":
+            return cmd_shards(settings)
+        if args.command == "move-shard":
+            return cmd_move_shard(settings, args.shard, args.target, args.abort)
+        if args.command == "drop-moved-shard":
+            return cmd_drop_moved_shard(settings, args.shard)
+        if args.command == "add-database":
+            return cmd_add_database(settings, args.spec)
+        if args.command == "rebalance":
+            return cmd_rebalance(settings, args.apply)
         if args.command == "sweep":
             return cmd_sweep(settings)
         if args.command == "trim-events":

@@ -30,6 +30,7 @@ import redis
 from messenger.settings import ConfigError, Settings, load
 from messenger.storage.migrate import load_migrations
 from messenger.storage.pools import describe_dsn
+from messenger.storage.router import Router
 from messenger.storage.shards import DIRECTORY_SCHEMA, ShardMap, schema_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def embedded_targets(settings: Settings) -> Settings:
     from messenger.embedded import EmbeddedPostgres, EmbeddedRedis
 
     changes: dict[str, object] = {}
-    if not (settings.database_url or settings.shard_map):
+    if not (settings.database_url or settings.shard_map or settings.databases):
         pg = EmbeddedPostgres(settings.data_dir / "postgres", settings.embedded_pg_port)
         changes["database_url"] = pg.dsn("messenger")
     if not settings.redis_url:
@@ -277,11 +278,10 @@ def run_checks(settings: Settings) -> list[Check]:
     """Every check against the deployment the settings describe."""
     checks: list[Check] = []
     try:
-        shard_map = ShardMap(
-            shards=settings.shards,
-            ranges=settings.resolved_shard_map(),
-            directory_dsn=settings.resolved_directory_url(),
-        )
+        # The directory's map (where moves put the shards), else the settings'.
+        router = Router.from_settings(settings)
+        router.close()
+        shard_map = router.shard_map
     except ConfigError as exc:
         return [Check(FAIL, "settings", str(exc), "fix the MESSENGER_* variables")]
     by_dsn = _schemas_by_dsn(shard_map)

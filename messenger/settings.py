@@ -119,6 +119,12 @@ def _read_shard_map(
     return parse_shard_map(raw, earlier["shards"])
 
 
+def _read_databases(
+    name: str, raw: str, earlier: Mapping[str, Any]
+) -> tuple[tuple[str, str], ...]:
+    return parse_databases(raw)
+
+
 def _read_rate_limits(name: str, raw: str, earlier: Mapping[str, Any]) -> str:
     text = raw.strip() or "on"
     parse_rate_limits(text)  # a bad value stops start-up
@@ -200,6 +206,14 @@ class Settings:
         "the directory (global ids, handles, direct pairs)",
         shown="first shard's database",
         read=_read_dsn,
+    )
+    databases: tuple[tuple[str, str], ...] = setting(
+        (),
+        "the physical databases by name, "
+        "`main=postgresql://a/db;second=postgresql://b/db`: the shard map in the "
+        "directory names them (`messenger shards`)",
+        shown="named after the URLs above",
+        read=_read_databases,
     )
     redis_url: str | None = setting(
         None,
@@ -401,21 +415,95 @@ class Settings:
     @property
     def is_embedded(self) -> bool:
         """No database or Redis configured: `messenger run` starts local ones."""
-        return not (self.database_url or self.shard_map) or not self.redis_url
+        return (
+            not (self.database_url or self.shard_map or self.databases)
+            or not self.redis_url
+        )
 
     def resolved_shard_map(self) -> tuple[ShardRange, ...]:
-        """The shard map, or one range covering every shard on database_url."""
+        """The shard map a new deployment's directory is seeded with: the
+        shard map, or one range covering every shard on database_url (else on
+        the first of MESSENGER_DATABASES)."""
         if self.shard_map:
             return self.shard_map
-        if not self.database_url:
-            raise ConfigError(
-                "MESSENGER_DATABASE_URL or MESSENGER_SHARD_MAP must be set."
-            )
-        return (ShardRange(0, self.shards - 1, self.database_url),)
+        if self.database_url:
+            return (ShardRange(0, self.shards - 1, self.database_url),)
+        if self.databases:
+            return (ShardRange(0, self.shards - 1, self.databases[0][1]),)
+        raise ConfigError(
+            "MESSENGER_DATABASE_URL, MESSENGER_SHARD_MAP or MESSENGER_DATABASES "
+            "must be set."
+        )
 
     def resolved_directory_url(self) -> str:
         """The directory database: MESSENGER_DIRECTORY_URL or the first shard's."""
-        return self.directory_url or self.resolved_shard_map()[0].dsn
+        if self.directory_url:
+            return self.directory_url
+        if self.database_url or self.shard_map:
+            return self.resolved_shard_map()[0].dsn
+        if self.databases:
+            return self.databases[0][1]
+        raise ConfigError(
+            "MESSENGER_DATABASE_URL, MESSENGER_SHARD_MAP or MESSENGER_DATABASES "
+            "must be set."
+        )
+
+    def resolved_databases(self) -> dict[str, str]:
+        """Every physical database by name: MESSENGER_DATABASES, plus the URLs of
+        MESSENGER_DATABASE_URL / SHARD_MAP / DIRECTORY_URL it does not name,
+        each named after its database (`postgresql://h/m1` → `m1`)."""
+        named = dict(self.databases)
+        urls: list[str] = []
+        if self.database_url or self.shard_map:
+            urls.extend(r.dsn for r in self.resolved_shard_map())
+        if self.directory_url:
+            urls.append(self.directory_url)
+        for url in urls:
+            if url in named.values():
+                continue
+            base = database_name_of(url)
+            name, n = base, 2
+            while name in named:
+                name, n = f"{base}{n}", n + 1
+            named[name] = url
+        return named
+
+
+_DB_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def database_name_of(dsn: str) -> str:
+    """A database's default name in the shard map: its name in the URL."""
+    path = dsn.split("?", 1)[0].rsplit("/", 1)[-1].lower()
+    name = re.sub(r"[^a-z0-9_]", "_", path) or "main"
+    return name if _DB_NAME_RE.match(name) else f"db_{name}"[:40]
+
+
+def check_database_name(variable_name: str, name: str) -> str:
+    """A database name of the shard map: lowercase letters, digits, `_`."""
+    if not _DB_NAME_RE.match(name):
+        raise ConfigError(
+            f"{variable_name}: a database name is 1-40 lowercase letters, digits "
+            f"and _, starting with a letter, not {name[:40]!r}."
+        )
+    return name
+
+
+def parse_databases(raw: str) -> tuple[tuple[str, str], ...]:
+    """Parse "main=postgresql://a/db;second=postgresql://b/db" (names unique)."""
+    name = "MESSENGER_DATABASES"
+    result: list[tuple[str, str]] = []
+    for part in filter(None, (p.strip() for p in raw.split(";"))):
+        db_name, sep, dsn = part.partition("=")
+        if not sep:
+            raise ConfigError(
+                f"{name} entries look like main=postgresql://..., not {part[:40]!r}."
+            )
+        db_name = check_database_name(name, db_name.strip())
+        if any(db_name == n for n, _ in result):
+            raise ConfigError(f"{name} names {db_name!r} twice.")
+        result.append((db_name, _dsn(name, dsn.strip())))
+    return tuple(result)
 
 
 def parse_shard_map(raw: str, shards: int) -> tuple[ShardRange, ...]:

@@ -51,6 +51,12 @@ class Services:
                 f"0-3={self.pg.dsn('m1')};4-{TEST_SHARDS - 1}={self.pg.dsn('m2')}"
             ),
             "MESSENGER_DIRECTORY_URL": self.pg.dsn("m1"),
+            # m3 holds no shard until a test moves one there (tests/storage/
+            # test_moves.py), on the same server: logical replication between
+            # databases of one server works with a slot made separately.
+            "MESSENGER_DATABASES": ";".join(
+                f"{name}={self.pg.dsn(name)}" for name in ("m1", "m2", "m3")
+            ),
             "MESSENGER_REDIS_URL": self.redis.url,
             "MESSENGER_RATE_LIMITS": "off",
             "MESSENGER_PUSH_ALLOW_PRIVATE": "1",
@@ -121,7 +127,7 @@ def services() -> Iterator[Services]:
         root,
         pg_port=free_port(),
         redis_port=free_port(),
-        databases=("m1", "m2"),
+        databases=("m1", "m2", "m3"),
         persistent=False,
         remove_on_stop=True,
     )

@@ -27,8 +27,9 @@ def test_background_stops_everything_it_started(settings: Settings) -> None:
 
         background.stop()
         assert all(g.dead for g in workers)
-        # The sweep loop and the tracker ended on their own, not by a kill.
-        assert [g.value for g in background.greenlets] == [None, None]
+        # The sweep loop, the tracker and the map follower ended on their own,
+        # not by a kill.
+        assert [g.value for g in background.greenlets] == [None, None, None]
         assert rt.hub.on_poll_start == [] and rt.hub.on_poll_end == []
         assert presence.tracker() is None
     finally:

@@ -434,6 +434,12 @@ class EmbeddedPostgres(Server):
             # statement holds the message body: log no message bodies.
             "log_min_error_statement = 'panic'\n"
             "log_parameter_max_length_on_error = 0\n"
+            # `messenger move-shard` copies a shard with logical replication.
+            "wal_level = logical\n"
+            "max_replication_slots = 16\n"
+            "max_wal_senders = 16\n"
+            "max_logical_replication_workers = 8\n"
+            "max_worker_processes = 16\n"
         )
         path = cluster / "messenger.conf"
         try:
@@ -569,19 +575,23 @@ class EmbeddedPostgres(Server):
             conn.close()
 
     def _create_databases(self) -> None:
+        for name in self.databases:
+            self.create_database(name)
+
+    def create_database(self, name: str) -> None:
+        """Create a database on the running server unless it exists."""
         conn = psycopg2.connect(self.dsn("postgres"), connect_timeout=5)
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                for name in self.databases:
-                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                    if cur.fetchone() is not None:
-                        continue
-                    say(self._log, f"PostgreSQL: creating database {name}")
-                    # A concurrent starter may create it between the check and here.
-                    with contextlib.suppress(pg_errors.DuplicateDatabase):
-                        cur.execute(
-                            sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-                        )
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is not None:
+                    return
+                say(self._log, f"PostgreSQL: creating database {name}")
+                # A concurrent starter may create it between the check and here.
+                with contextlib.suppress(pg_errors.DuplicateDatabase):
+                    cur.execute(
+                        sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+                    )
         finally:
             conn.close()

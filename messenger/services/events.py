@@ -16,6 +16,7 @@ from messenger import runtime
 from messenger.errors import CursorExpired, Unavailable
 from messenger.models import Event
 from messenger.storage import events as store
+from messenger.storage.pools import ShardFrozen
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def poll(
     ephemeral: list[dict[str, Any]] = []
     # Joined before the first read: a wake between the read and the wait counts.
     with hub.listen(user_id, sock, hold=timeout_secs > 0) as waiter:
+        first_read = True
         while True:
             waiter.rearm()
             # The fast path (realtime/hub.py): the events right after the cursor
@@ -102,8 +104,18 @@ def poll(
                 page = store.Page(after, 0, [])
             else:
                 version = waiter.head_version()
-                page = _read(user_id, after, limit)
+                try:
+                    page = _read(user_id, after, limit)
+                except ShardFrozen:
+                    if first_read:
+                        raise
+                    # The shard froze for a move while this poll was held:
+                    # answer with the cursor unchanged; the client polls again.
+                    return PollResult(
+                        [], ephemeral + waiter.take_ephemeral(), str(after), False
+                    )
                 waiter.saw_head(page.head, version)
+            first_read = False
             ephemeral += waiter.take_ephemeral()
             remaining = deadline - hub.clock()
             if skipped and remaining <= 0 and not waiter.released:

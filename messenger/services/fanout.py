@@ -187,7 +187,8 @@ def plan_inline(
     by_schema: dict[str, list[int]] = defaultdict(list)
     for user_id in recipients:
         shard = shard_map.shard_of(user_id)
-        if shard_map.dsn_of_shard(shard) != conv_dsn:
+        # A frozen (moving) shard takes no writes: its part waits in the outbox.
+        if shard_map.dsn_of_shard(shard) != conv_dsn or shard_map.is_frozen(shard):
             return None
         by_schema[schema_name(shard)].append(user_id)
     return InlinePlan(

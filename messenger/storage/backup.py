@@ -72,6 +72,20 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "messenger-backup"
 FORMAT_VERSION = 1
 MIGRATIONS_TABLE = "schema_migrations"
+# Tables that describe one deployment, not its data: which migrations ran and
+# where its shards live (storage/shardmap.py). A restore's own migrate writes
+# them for the target.
+DEPLOYMENT_TABLES = frozenset(
+    {
+        MIGRATIONS_TABLE,
+        "shard_map_meta",
+        "shard_databases",
+        "shard_map",
+        "shard_map_followers",
+        "shard_moves",
+        "shard_leftovers",
+    }
+)
 # Waiting for the outbox locks behind a long transaction; then try again.
 LOCK_TIMEOUT_MS = 5_000
 LOCK_ATTEMPTS = 3
@@ -105,11 +119,13 @@ def plan_databases(shard_map: ShardMap) -> list[DatabasePlan]:
 
 
 def shard_map_of(settings: Settings) -> ShardMap:
-    return ShardMap(
-        shards=settings.shards,
-        ranges=settings.resolved_shard_map(),
-        directory_dsn=settings.resolved_directory_url(),
-    )
+    """The directory's shard map (where shards live after moves), else the
+    settings' map (an unmigrated deployment)."""
+    from messenger.storage.router import Router
+
+    router = Router.from_settings(settings)
+    router.close()
+    return router.shard_map
 
 
 def find_pg_tool(name: str) -> str:
@@ -291,6 +307,8 @@ def _describe(
                 )
                 migrations[schema] = [r[0] for r in cur.fetchall()]
                 continue
+            if table in DEPLOYMENT_TABLES:
+                continue
             cur.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
             )
@@ -355,7 +373,7 @@ def backup(settings: Settings, path: Path, say: Say) -> Summary:
                 args += [f"--snapshot={snapshot_id}", f"--file={target}"]
                 args += [f"--schema={schema}" for schema in plan.schemas]
                 # Which migrations ran is in the manifest; a restore migrates first.
-                args += [f"--exclude-table-data=*.{MIGRATIONS_TABLE}"]
+                args += [f"--exclude-table-data=*.{t}" for t in DEPLOYMENT_TABLES]
                 _run(args, f"pg_dump of {describe_dsn(plan.dsn)}", plan.dsn)
                 size = target.stat().st_size
                 databases.append(
@@ -449,7 +467,7 @@ def rows_held(plans: list[DatabasePlan]) -> list[str]:
         try:
             with conn.cursor() as cur:
                 for schema, table in _tables(cur, plan.schemas):
-                    if table == MIGRATIONS_TABLE:
+                    if table in DEPLOYMENT_TABLES:
                         continue
                     cur.execute(
                         sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
@@ -621,7 +639,7 @@ def restore(settings: Settings, path: Path, say: Say) -> Summary:
                         for line in toc.splitlines()
                         if (m := _TOC_DATA.match(line))
                         and target_of.get(m[2]) == dsn
-                        and m[3] != MIGRATIONS_TABLE
+                        and m[3] not in DEPLOYMENT_TABLES
                     ]
                     keep = _referenced_first(dsn, keep)
                     listing = work / "restore.list"

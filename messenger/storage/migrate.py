@@ -14,8 +14,10 @@ from pathlib import Path
 
 import psycopg2
 
+from messenger.storage import shardmap
+from messenger.storage.pools import ShardCursor
 from messenger.storage.router import Router
-from messenger.storage.shards import DIRECTORY_SCHEMA, schema_name
+from messenger.storage.shards import DIRECTORY_SCHEMA, schema_name, shard_of_schema
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,10 @@ def _applied(cur: psycopg2.extensions.cursor, schema: str) -> set[str]:
     return {row[0] for row in cur.fetchall()}
 
 
+class MigrateRefused(Exception):
+    """A shard schema exists where the map does not put it; one sentence."""
+
+
 def migrate(
     router: Router,
     *,
@@ -64,36 +70,118 @@ def migrate(
 ) -> MigrateResult:
     """Bring the directory and every shard schema up to date.
 
+    The directory first: a new deployment's shard map is seeded there from the
+    settings. Then each shard schema is made or updated only in the database
+    the directory's map puts it in.
+
     Args:
         router: names the databases and shards.
         progress: called as progress(done, total, label) after each schema.
 
     Returns:
         How many (file, schema) pairs were applied, and how many schemas exist.
+
+    Raises:
+        MigrateRefused: a shard's schema already exists in another database
+            than the map's (and is no move's target or leftover).
+        ConfigError: MESSENGER_SHARDS differs from the directory's N.
     """
-    shard_map = router.shard_map
     directory = load_migrations("directory", sql_dir)
     shard = load_migrations("shard", sql_dir)
-    plan: list[tuple[str, str, list[Migration]]] = [
-        (shard_map.directory_dsn, DIRECTORY_SCHEMA, directory)
-    ]
+    directory_dsn = router.shard_map.directory_dsn
+    with router.pool(directory_dsn).connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,))
+        try:
+            applied = _migrate_schema(conn, DIRECTORY_SCHEMA, directory)
+            _seed_map(conn, router)
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK_KEY,))
+    router.load_map()
+    shard_map = router.shard_map
+    _check_placement(router)
+    plan: list[tuple[str, str]] = []
     for dsn, shards in shard_map.shards_by_dsn().items():
-        plan.extend((dsn, schema_name(s), shard) for s in shards)
-    applied = 0
-    total = len(plan)
+        plan.extend((dsn, schema_name(s)) for s in shards)
+    total = len(plan) + 1
+    if progress:
+        progress(1, total, DIRECTORY_SCHEMA)
     for dsn in shard_map.dsns():
-        with router.pools[dsn].connection() as conn, conn.cursor() as cur:
+        with router.pool(dsn).connection() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,))
             try:
-                for index, (plan_dsn, schema, migrations) in enumerate(plan, 1):
+                for index, (plan_dsn, schema) in enumerate(plan, 2):
                     if plan_dsn != dsn:
                         continue
-                    applied += _migrate_schema(conn, schema, migrations)
+                    applied += _migrate_schema(conn, schema, shard)
                     if progress:
                         progress(index, total, schema)
             finally:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK_KEY,))
     return MigrateResult(applied=applied, schemas=total)
+
+
+def migrate_shard(router: Router, dsn: str, shard: int, sql_dir: Path = SQL_DIR) -> int:
+    """Create or update one shard's schema in one database (a move's target)."""
+    with router.pool(dsn).connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK_KEY,))
+        try:
+            return _migrate_schema(
+                conn, schema_name(shard), load_migrations("shard", sql_dir)
+            )
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK_KEY,))
+
+
+def _seed_map(conn: psycopg2.extensions.connection, router: Router) -> None:
+    settings = router.settings
+    if settings is None:
+        return
+    conn.autocommit = False
+    try:
+        with conn.cursor(cursor_factory=ShardCursor) as cur:
+            if shardmap.seed(
+                cur,
+                settings.shards,
+                settings.resolved_shard_map(),
+                settings.resolved_databases(),
+            ):
+                logger.info("shard map: seeded the directory from the settings")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = True
+
+
+def shard_schemas_in(router: Router, dsn: str) -> set[int]:
+    """The logical shards whose schema exists in one database."""
+    with router.on_dsn(dsn, "shard_schemas", transaction=False) as cur:
+        cur.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ '^shard_[0-9]+$'")
+        found = {shard_of_schema(row[0]) for row in cur.fetchall()}
+    return {s for s in found if s is not None}
+
+
+def _check_placement(router: Router) -> None:
+    shard_map = router.shard_map
+    with router.directory("placement_exempt", transaction=False) as cur:
+        cur.execute(
+            "SELECT shard, database FROM directory.shard_leftovers "
+            "UNION SELECT shard, target FROM directory.shard_moves"
+        )
+        exempt = {(int(r[0]), str(r[1])) for r in cur.fetchall()}
+    for name, dsn in sorted(router.databases.items()):
+        for shard in sorted(shard_schemas_in(router, dsn)):
+            if shard >= shard_map.shards or shard_map.dsn_of_shard(shard) == dsn:
+                continue
+            if (shard, name) in exempt:
+                continue
+            raise MigrateRefused(
+                f"{schema_name(shard)} already exists in database {name}, but the "
+                f"shard map puts shard {shard} in "
+                f"{shard_map.name_of_dsn(shard_map.dsn_of_shard(shard))}: move it "
+                "with `messenger move-shard` or drop the stray copy."
+            )
 
 
 def _migrate_schema(

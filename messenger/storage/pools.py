@@ -18,6 +18,7 @@ import psycopg2.extensions
 from messenger import metrics
 from messenger.errors import Unavailable
 from messenger.storage.breaker import Breaker
+from messenger.storage.shards import shard_of_schema
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,27 @@ def describe_dsn(dsn: str) -> str:
     return f"{','.join(described)}{parts.path or '/'}"
 
 
+# A frozen shard's cut-over lasts about a second (messenger move-shard).
+FROZEN_RETRY_AFTER_SECS = 1
+
+
+class ShardFrozen(Unavailable):
+    """The shard is frozen while it moves to another database."""
+
+    def __init__(self, shard: int) -> None:
+        super().__init__(
+            f"Shard {shard} is moving to another database; try again.",
+            retry_after=FROZEN_RETRY_AFTER_SECS,
+        )
+        self.shard = shard
+
+
 class ShardCursor(psycopg2.extensions.cursor):
     """A cursor that knows which schema (logical shard) its statements target."""
 
     schema: str = "public"
+    # The shards frozen in the map this cursor's transaction routes by.
+    frozen: frozenset[int] = frozenset()
 
     def one(self, sql: str, params: Any = None) -> tuple[Any, ...]:
         """run() for a statement that always returns a row; the row."""
@@ -60,7 +78,15 @@ class ShardCursor(psycopg2.extensions.cursor):
         return row  # type: ignore[no-any-return]
 
     def run(self, sql: str, params: Any = None) -> ShardCursor:
-        """Execute `sql` with `{s}` replaced by this cursor's schema."""
+        """Execute `sql` with `{s}` replaced by this cursor's schema.
+
+        Raises:
+            ShardFrozen: the schema's shard is frozen (being moved).
+        """
+        if self.frozen:
+            shard = shard_of_schema(self.schema)
+            if shard is not None and shard in self.frozen:
+                raise ShardFrozen(shard)
         self.execute(sql.format(s=self.schema), params)
         return self
 
@@ -134,6 +160,11 @@ class Pool:
             timer.close()
         conn.autocommit = True
         return conn
+
+    def connect_unpooled(self) -> psycopg2.extensions.connection:
+        """A connection of the caller's own (autocommit), outside the pool's
+        bound; the caller closes it."""
+        return self._connect()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:

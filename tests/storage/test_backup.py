@@ -58,6 +58,8 @@ def _target_settings(services: Services, pg: EmbeddedPostgres) -> Settings:
                 f"0-5={pg.dsn('r1')};6-{TEST_SHARDS - 1}={pg.dsn('r2')}"
             ),
             MESSENGER_DIRECTORY_URL=pg.dsn("r3"),
+            # Another deployment: it knows none of the session's databases.
+            MESSENGER_DATABASES="",
         )
     )
 

@@ -49,14 +49,19 @@ def stack(
     )
     with servers:
         pg, rds = servers.pg, servers.redis
+        # Its own directory: the session's says shards 4.. live in m2.
+        services.pg.create_database("outages")
         env = {
-            "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('m1')};"
+            "MESSENGER_SHARD_MAP": f"0-3={services.pg.dsn('outages')};"
             f"4-{TEST_SHARDS - 1}={pg.dsn('m3')}",
+            "MESSENGER_DIRECTORY_URL": services.pg.dsn("outages"),
+            # Nor does it know the session's databases (m1 holds shards 0-3 too).
+            "MESSENGER_DATABASES": "",
             "MESSENGER_REDIS_URL": rds.url,
             "MESSENGER_RATE_LIMITS": "on",  # the limiter must not fail with Redis
             "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
         }
-        cmd_migrate(load(services.env(**env)))
+        assert cmd_migrate(load(services.env(**env))) == 0
         server = start_gunicorn(services, servers.root, workers=2, **env)
         try:
             yield Stack(server, Api(server.url), pg, rds)

@@ -47,6 +47,8 @@ def fresh_server(services: Services, tmp_path: Path) -> Iterator[Server]:
         overrides = {
             "MESSENGER_SHARD_MAP": f"0-{TEST_SHARDS - 1}={dsn}",
             "MESSENGER_DIRECTORY_URL": dsn,
+            # A deployment of its own: none of the session's databases.
+            "MESSENGER_DATABASES": "",
         }
         cmd_migrate(load(services.env(**overrides)))
         server = start_gunicorn(services, tmp_path, workers=2, **overrides)
