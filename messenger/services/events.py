@@ -76,7 +76,10 @@ def poll(
         CursorExpired: the cursor is older than the retained events, or unknown.
         Unavailable: the user's shard is down.
     """
-    hub = runtime.get().hub
+    rt = runtime.get()
+    # A shard being moved answers 503 even where the fast path would not read it.
+    rt.router.check_not_frozen(rt.router.shard_of(user_id))
+    hub = rt.hub
     deadline = hub.clock() + timeout_secs
     lingered = False
     ephemeral: list[dict[str, Any]] = []

@@ -59,6 +59,9 @@ class Receiver:
         self.requests: list[Received] = []
         self.status = 200
         self.statuses: list[int] = []
+        # Answers by path, each list in turn, before `statuses`: a job's devices
+        # are tried at once, so the order their requests arrive in is not fixed.
+        self.statuses_by_path: dict[str, list[int]] = {}
         self.stall = False
         self.released = gevent.event.Event()
         self.server: WSGIServer | None = None
@@ -99,7 +102,11 @@ class Receiver:
         )
         if self.stall:
             self.released.wait(30)
-        status = self.statuses.pop(0) if self.statuses else self.status
+        for_path = self.statuses_by_path.get(environ["PATH_INFO"])
+        if for_path:
+            status = for_path.pop(0)
+        else:
+            status = self.statuses.pop(0) if self.statuses else self.status
         start_response(f"{status} {http.HTTPStatus(status).phrase}", [])
         return [b"ok"]
 
@@ -546,7 +553,7 @@ def test_a_gone_device_is_removed(
     alice, bob = make_user(), make_user()
     add_device(client, bob, receiver.url("/gone"))
     kept = add_device(client, bob, receiver.url("/kept"))
-    receiver.statuses = [status, 200]
+    receiver.statuses_by_path = {"/gone": [status]}
     cid = chat.direct(alice, bob)
     chat.send(alice, cid, "hello?")
     assert run_due(make_pusher()) == 1
@@ -588,7 +595,7 @@ def test_a_failing_device_does_not_resend_to_the_others(
     alice, bob = make_user(), make_user()
     add_device(client, bob, receiver.url("/ok"))
     flaky = add_device(client, bob, receiver.url("/flaky"))
-    receiver.statuses = [200, 500]  # devices are tried in id order
+    receiver.statuses_by_path = {"/flaky": [500]}
     chat.send(alice, chat.direct(alice, bob), "twice?")
     pusher = make_pusher()
     run_due(pusher)
