@@ -211,6 +211,15 @@ def test_presence_typing_rate_limits_and_push_across_hash_slots(
     assert _spread_over_nodes(topology, users) >= 2
     owner, *others = users
     cid = proxy.group(owner, others)
+    # Added by the owner, the others hold a message request: their presence is
+    # shown once they accept it (API.md, "Who sees whose presence").
+    for user in others:
+        r = requests.post(
+            f"{proxy.url}/v1/conversations/{cid}/accept",
+            headers=user.headers,
+            timeout=10,
+        )
+        assert r.status_code == 204, r.text
     listeners = [Listener(proxy, u, proxy.head(u)).start() for u in users[:4]]
     try:
         time.sleep(1.0)
@@ -313,9 +322,12 @@ def _move_slot(topology: Topology, slot: int) -> tuple[int, int]:
             batch = nodes[src].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
             if not batch:
                 break
+            # The nodes share one password (requirepass): MIGRATE needs it too.
+            password = nodes[dst].connection_pool.connection_kwargs["password"]
             nodes[src].execute_command(
-                "MIGRATE", "127.0.0.1", ports[dst], "", 0, 5000, "KEYS", *batch
-            )
+                "MIGRATE", "127.0.0.1", ports[dst], "", 0, 5000,
+                "AUTH", password, "KEYS", *batch,
+            )  # fmt: skip
         for node in nodes:
             node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[dst])
         return source_port, ports[dst]
