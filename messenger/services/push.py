@@ -211,24 +211,27 @@ def _add(
     """Append to each pending batch; the first message of a batch schedules it,
     within the queue's bound and the user's share (see _SCHEDULE)."""
     due = time.time() + settings.push_coalesce_secs
-    schedule = client.register_script(_SCHEDULE)
     # One MULTI: the worker's promotion never sees a batch without its due entry.
+    # EVAL, not EVALSHA through a registered script: a Redis Cluster pipeline
+    # cannot load a script (redis-py blocks evalsha there); the text is small.
     pipe = client.pipeline(transaction=True)
     for (user_id, conversation_id), items in batches.items():
         key = keys.push_pending(user_id, conversation_id)
         pipe.rpush(key, *items)
         pipe.ltrim(key, -BATCH_MAX_MESSAGES, -1)
         pipe.expire(key, keys.PUSH_PENDING_TTL_SECS)
-        schedule(
-            keys=[keys.PUSH_DUE, key, keys.push_share(user_id)],
-            args=[
-                f"{user_id}:{conversation_id}",
-                due,
-                PUSH_BATCHES_MAX,
-                PUSH_USER_BATCHES_MAX,
-                keys.PUSH_SHARE_WINDOW_SECS,
-            ],
-            client=pipe,
+        pipe.execute_command(
+            "EVAL",
+            _SCHEDULE,
+            3,
+            keys.PUSH_DUE,
+            key,
+            keys.push_share(user_id),
+            f"{user_id}:{conversation_id}",
+            due,
+            PUSH_BATCHES_MAX,
+            PUSH_USER_BATCHES_MAX,
+            keys.PUSH_SHARE_WINDOW_SECS,
         )
     results = pipe.execute()
     dropped = [b for b, r in zip(batches, results[3::4], strict=True) if not r]
