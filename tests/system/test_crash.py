@@ -48,6 +48,8 @@ def crashable(services: Services, settings: Any) -> Iterator[tuple[Server, Api, 
             "MESSENGER_DIRECTORY_URL": pg.dsn("c1"),
             "MESSENGER_SHARD_MAP": f"0-3={pg.dsn('c1')};4-{TEST_SHARDS - 1}="
             f"{pg.dsn('c2')}",
+            # Nor does it know the session's databases (its shard map is its own).
+            "MESSENGER_DATABASES": "",
             "MESSENGER_DB_CONNECT_TIMEOUT_SECS": "1",
         }
         cmd_migrate(load(services.env(**env)))
