@@ -38,14 +38,17 @@ IDLE_CLOSE_DELAY_SECS = 0.2
 
 def drain_held_polls() -> None:
     """Answer every poll this process holds, now (nothing held: nothing to do),
-    and take this worker out of Redis so senders stop waking it."""
+    take this worker out of Redis so senders stop waking it, and out of the
+    shard map's followers so a shard move does not wait for it."""
     from messenger import runtime
     from messenger.realtime.dispatcher import deregister
+    from messenger.storage.follower import forget
 
     with contextlib.suppress(RuntimeError):  # no runtime: nothing is held
         rt = runtime.get()
         rt.hub.drain()
         deregister(rt.registry)
+        forget(rt.router, rt.worker_id)
 
 
 class DrainingGeventWorker(GeventWorker):  # type: ignore[misc]

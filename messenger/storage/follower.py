@@ -78,8 +78,14 @@ class MapFollower:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
-            with self.router.directory("map_unfollow") as cur:
-                forget_follower(cur, self.worker_id)
-        except (Unavailable, psycopg2.Error):
-            pass
+        forget(self.router, self.worker_id)
+
+
+def forget(router: Router, worker_id: str) -> None:
+    """Take a worker out of the followers a shard move waits for (it stops);
+    a directory that does not answer leaves its row to go stale."""
+    try:
+        with router.directory("map_unfollow") as cur:
+            forget_follower(cur, worker_id)
+    except (Unavailable, psycopg2.Error):
+        pass
