@@ -98,9 +98,7 @@ http {{
 
 def find_nginx() -> tuple[str, Path] | None:
     """nginx and its nchan module, or None when either is missing."""
-    nginx = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     module = next((p for p in MODULE_PATHS if p.exists()), None)
     if nginx is None or module is None:
         return None
