@@ -44,6 +44,7 @@ from messenger.bench.scenarios.harness import (
     PollStats,
     holds_at_least,
     settle,
+    timed_request,
     wait_until,
 )
 from messenger.bench.stats import distribution
@@ -200,20 +201,13 @@ def subscribe_loop(
     failures = 0
     try:
         while True:
-            sent = time.perf_counter()
-            stats.in_flight += 1
-            try:
-                response = conn.request("GET", f"/sub/{channel}", headers=since)
-            except TransportError as exc:
-                stats.errors += 1
-                stats.last_error = str(exc)
-                gevent.sleep(backoff_secs(failures))
+            timed = timed_request(
+                conn, stats, failures, f"/sub/{channel}", headers=since
+            )
+            if timed is None:
                 failures += 1
                 continue
-            finally:
-                stats.in_flight -= 1
-            arrived = time.perf_counter()
-            stats.statuses[response.status] = stats.statuses.get(response.status, 0) + 1
+            response, sent, arrived = timed
             if response.status in (304, 408):  # the long poll's timeout
                 stats.answers += 1
                 if arrived - sent < POLL_TIMEOUT_SECS - EARLY_ANSWER_MARGIN_SECS:

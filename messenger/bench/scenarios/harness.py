@@ -25,6 +25,7 @@ from messenger.bench import procs
 from messenger.bench.client import (
     Api,
     Connection,
+    Response,
     TransportError,
     User,
     backoff_secs,
@@ -291,6 +292,28 @@ class PollStats:
     statuses: dict[int, int] = field(default_factory=dict)
 
 
+def timed_request(
+    conn: Connection, stats: PollStats, failures: int, path: str, **kwargs: Any
+) -> tuple[Response, float, float] | None:
+    """One GET of a poll loop, counted in stats: (response, sent, arrived), or
+    None after a transport error (counted, and waited out with the backoff of
+    `failures` failures in a row)."""
+    sent = time.perf_counter()
+    stats.in_flight += 1
+    try:
+        response = conn.request("GET", path, **kwargs)
+    except TransportError as exc:
+        stats.errors += 1
+        stats.last_error = str(exc)
+        gevent.sleep(backoff_secs(failures))
+        return None
+    finally:
+        stats.in_flight -= 1
+    arrived = time.perf_counter()
+    stats.statuses[response.status] = stats.statuses.get(response.status, 0) + 1
+    return response, sent, arrived
+
+
 def poll_loop(
     port: int,
     user: User,
@@ -308,22 +331,17 @@ def poll_loop(
     failures = 0
     try:
         while True:
-            sent = time.perf_counter()
-            stats.in_flight += 1
-            try:
-                response = conn.request(
-                    "GET", events_path(cursor, POLL_TIMEOUT_SECS), token=user.token
-                )
-            except TransportError as exc:
-                stats.errors += 1
-                stats.last_error = str(exc)
-                gevent.sleep(backoff_secs(failures))
+            timed = timed_request(
+                conn,
+                stats,
+                failures,
+                events_path(cursor, POLL_TIMEOUT_SECS),
+                token=user.token,
+            )
+            if timed is None:
                 failures += 1
                 continue
-            finally:
-                stats.in_flight -= 1
-            arrived = time.perf_counter()
-            stats.statuses[response.status] = stats.statuses.get(response.status, 0) + 1
+            response, sent, arrived = timed
             if response.status != 200:
                 stats.errors += 1
                 stats.last_error = (
