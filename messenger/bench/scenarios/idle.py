@@ -107,7 +107,7 @@ def run_idle(bench: Bench) -> dict[str, Any]:
             )
             errors_before, answers_before = stats.errors, stats.answers
             entry: dict[str, Any] = {"polls": level}
-            with bench.measured(entry):
+            with bench.measured(entry), bench.profiler.record(f"idle-{level}"):
                 gevent.sleep(plan.idle_cpu_window_secs)
             rss = procs.rss_kb(worker) or 0
             result["ramp"].append([stats.in_flight, rss])
