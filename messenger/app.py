@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import re
-import secrets
 import time
 from typing import Any
 
@@ -12,22 +9,14 @@ from flask import Flask, Response, g, request
 from flask.sessions import SessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from messenger import bootstrap, logs, metrics
-from messenger.api import cors, limits, register_blueprints
+from messenger import bootstrap, logs
+from messenger.api import answering, cors, limits, poll_path, register_blueprints
 from messenger.errors import install_error_handlers
 from messenger.settings import Settings, load
 
-logger = logging.getLogger("messenger.access")
-
 # API.md: request bodies are at most 64 KiB.
 MAX_BODY_BYTES = 64 * 1024
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
-_SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-}
 _PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; "
     # blob: for attachments, fetched with the bearer token and shown as blob URLs.
@@ -56,6 +45,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     # Bearer tokens, never cookies: skip Flask's signed-cookie session per request.
     app.session_interface = _NoSessions()
+    # GET /v1/events skips Flask (api/poll_path.py); inside ProxyFix, which then
+    # gives it the client's address too.
+    app.wsgi_app = poll_path.ThinPoll(app, app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app,
@@ -83,35 +75,25 @@ class _NoSessions(SessionInterface):
 
 def _before() -> None:
     g.started = time.monotonic()
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+    g.request_id = answering.request_id_of(request.headers.get("X-Request-ID", ""))
 
 
 def _after(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "-")
-    for name, value in _SECURITY_HEADERS.items():
+    for name, value in answering.SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.path.startswith("/v1/"):
-        # Old proxies cache GETs they shouldn't; no API answer is reusable.
-        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault(*answering.API_CACHE_HEADER)
     if response.mimetype == "text/html":
         response.headers["Content-Security-Policy"] = _PAGE_CSP
     route = request.url_rule.rule if request.url_rule else "unmatched"
-    duration = time.monotonic() - g.get("started", time.monotonic())
-    metrics.REQUESTS.labels(
-        route=route,
-        method=metrics.method_label(request.method),
-        status=str(response.status_code),
-    ).inc()
-    metrics.REQUEST_SECONDS.labels(route=route).observe(duration)
-    extra: dict[str, Any] = {
-        "user_id": g.get("user_id"),
-        "route": route,
-        "method": request.method,
-        "status": response.status_code,
-        "duration_ms": round(duration * 1000, 2),
+    answering.record_request(
+        route,
+        request.method,
+        response.status_code,
+        time.monotonic() - g.get("started", time.monotonic()),
+        g.get("user_id"),
         # The client address (behind nginx: from X-Forwarded-For, see ProxyFix).
-        "ip": request.remote_addr,
-    }
-    logger.info("%s %s %s", request.method, route, response.status_code, extra=extra)
+        request.remote_addr,
+    )
     return response

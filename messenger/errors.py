@@ -165,7 +165,12 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
-        logger.exception("request %s: unexpected error", g.get("request_id", "-"))
-        err = ApiError("The server failed to answer this request; it was logged.")
-        err.status, err.code = 500, "internal"
-        return render(err)
+        return render(unexpected(g.get("request_id", "-")))
+
+
+def unexpected(request_id: str) -> ApiError:
+    """Log the exception being handled; the 500 to answer instead."""
+    logger.exception("request %s: unexpected error", request_id)
+    err = ApiError("The server failed to answer this request; it was logged.")
+    err.status, err.code = 500, "internal"
+    return err

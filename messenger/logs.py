@@ -8,17 +8,24 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import g, has_request_context
+
+# The request id of a request served without Flask (the thin poll path,
+# api/poll_path.py); each greenlet has its own context, so its own value.
+current_request_id: ContextVar[str] = ContextVar("current_request_id", default="-")
 
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = (
-                g.get("request_id", "-") if has_request_context() else "-"
+                g.get("request_id", "-")
+                if has_request_context()
+                else current_request_id.get()
             )
         return True
 

@@ -6,6 +6,8 @@ adds up every worker.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
@@ -129,6 +131,24 @@ def exposition(multiprocess_dir: str | None) -> tuple[bytes, str]:
 _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
+
+
+# (route, method, status) → its counter and its route's histogram: labels() takes a
+# lock and builds a key on every call, which the poll path paid twice per answer.
+_REQUEST_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def count_request(route: str, method: str, status: int, duration_secs: float) -> None:
+    """messenger_requests_total and messenger_request_seconds for one answer."""
+    key = (route, method, status)
+    children = _REQUEST_CHILDREN.get(key)
+    if children is None:
+        children = _REQUEST_CHILDREN[key] = (
+            REQUESTS.labels(route=route, method=method, status=str(status)),
+            REQUEST_SECONDS.labels(route=route),
+        )
+    children[0].inc()
+    children[1].observe(duration_secs)
 
 
 def method_label(method: str) -> str:

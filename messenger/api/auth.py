@@ -19,7 +19,11 @@ PUBLIC_ENDPOINTS: set[str] = set()
 
 
 def bearer_token() -> str:
-    header = request.headers.get("Authorization", "")
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def parse_bearer(header: str) -> str:
+    """The token of an Authorization header; Unauthorized unless a bearer one."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized()

@@ -26,13 +26,30 @@ PREFLIGHT_MAX_AGE_SECS = 600
 
 def allowed_origin() -> str | None:
     """The request's Origin when it is allowed, else None."""
-    origin = request.headers.get("Origin", "")
+    return _allowed(request.headers.get("Origin", ""))
+
+
+def _allowed(origin: str) -> str | None:
     allowed = runtime.get().settings.cors_origins
     if not origin or not allowed:
         return None
     if "*" in allowed or origin.rstrip("/") in allowed:
         return origin
     return None
+
+
+def answer_headers(origin: str) -> list[tuple[str, str]]:
+    """What _add_headers adds to an answer to a GET with this Origin header (""
+    when none): for the thin poll path (api/poll_path.py), which has no Flask
+    response to add them to."""
+    if not runtime.get().settings.cors_origins:
+        return []
+    headers = [("Vary", "Origin")]
+    allowed = _allowed(origin)
+    if allowed is not None:
+        headers.append(("Access-Control-Allow-Origin", allowed))
+        headers.append(("Access-Control-Expose-Headers", EXPOSED_HEADERS))
+    return headers
 
 
 def _preflight() -> Response | None:

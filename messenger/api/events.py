@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -41,7 +42,7 @@ def _query() -> Schema:
 def poll() -> Any:
     query = load(_query(), request.args)
     if "after" not in query:
-        return {"events": [], "cursor": events.head(g.user_id), "more": False}
+        return Response(head_body(events.head(g.user_id)), mimetype="application/json")
     result = events.poll(
         g.user_id,
         int(query["after"]),
@@ -61,20 +62,34 @@ POLL_ANSWER_MAX_BYTES = 1 << 20
 
 
 def _answer(result: events.PollResult) -> Response:
+    return Response(answer_body(result, _dumps), mimetype="application/json")
+
+
+def answer_body(result: events.PollResult, dumps: Callable[[Any], bytes]) -> bytes:
     """The poll's JSON, assembled from pre-encoded parts: events the wake
-    delivered arrive as JSON already (the same shape event_json gives)."""
-    parts, cursor, more = _bounded(result)
-    parts += [_dumps(item) for item in result.ephemeral]
+    delivered arrive as JSON already (the same shape event_json gives).
+
+    Args:
+        dumps: the app's JSON encoder (Flask's provider), to bytes.
+    """
+    parts, cursor, more = _bounded(result, dumps)
+    parts += [dumps(item) for item in result.ephemeral]
     # A newline at the end, as Flask's own JSON answers (curl output stays lines).
-    body = b'{"events":[%s],"cursor":"%s","more":%s}\n' % (
+    return b'{"events":[%s],"cursor":"%s","more":%s}\n' % (
         b",".join(parts),
         cursor.encode(),
         b"true" if more else b"false",
     )
-    return Response(body, mimetype="application/json")
 
 
-def _bounded(result: events.PollResult) -> tuple[list[bytes], str, bool]:
+def head_body(cursor: str) -> bytes:
+    """The answer to a poll without `after`, as the route's dict would be written."""
+    return b'{"events":[],"cursor":"%s","more":false}\n' % cursor.encode()
+
+
+def _bounded(
+    result: events.PollResult, dumps: Callable[[Any], bytes]
+) -> tuple[list[bytes], str, bool]:
     """The stored events as JSON, cut at POLL_ANSWER_MAX_BYTES, with the cursor
     after the last one kept and whether more are waiting."""
     if result.encoded:
@@ -82,7 +97,7 @@ def _bounded(result: events.PollResult) -> tuple[list[bytes], str, bool]:
         first_id = int(result.cursor) - len(result.encoded) + 1
         pairs = [(first_id + i, part) for i, part in enumerate(result.encoded)]
     else:
-        pairs = [(e.event_id, _dumps(event_json(e))) for e in result.events]
+        pairs = [(e.event_id, dumps(event_json(e))) for e in result.events]
     parts: list[bytes] = []
     size = 0
     for index, (_, part) in enumerate(pairs):

@@ -4,6 +4,7 @@ bounds on how long a slow client may keep a greenlet reading its request."""
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import gevent
 from flask import Flask, current_app, g, request
@@ -58,12 +59,16 @@ STREAMED_BODY_ENDPOINTS = frozenset({"attachments.upload"})
 STREAMED_BODY_MAX_BYTES = 2**62
 
 
-def _bound_slow_clients() -> None:
-    sock = request.environ.get("gunicorn.socket")
+def bound_socket(sock: Any) -> None:
+    """Bound each send of the answer (and reads of a pipelined request) on the
+    client's socket, when the server exposes it (gunicorn does)."""
     if sock is not None:
-        # Bounds each send of the answer (and reads of a pipelined request).
         max_poll_secs = runtime.get().settings.poll_timeout_max_secs
         sock.settimeout(max_poll_secs + SOCKET_TIMEOUT_MARGIN_SECS)
+
+
+def _bound_slow_clients() -> None:
+    bound_socket(request.environ.get("gunicorn.socket"))
     if request.endpoint in STREAMED_BODY_ENDPOINTS:
         # None would mean "the app's limit"; the route counts bytes itself.
         request.max_content_length = STREAMED_BODY_MAX_BYTES
