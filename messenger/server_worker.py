@@ -51,6 +51,45 @@ def drain_held_polls() -> None:
         forget(rt.router, rt.worker_id)
 
 
+class OneSendAnswers:
+    """The client's socket as one request's handler sees it, sending the answer's
+    headers together with the first part of its body.
+
+    gunicorn writes a response's headers and its body with two sendall calls: on
+    loopback or a LAN each is a TCP segment and a wake-up of the reader, and in a
+    fan-out profile the headers' send alone was a tenth of the worker's time. So
+    the first write is held until the second (or the end of the request: flush),
+    and an answer is one send. Any other use of the socket (fileno for sendfile,
+    shutdown on an error) sends what is held first, so bytes keep their order.
+    """
+
+    __slots__ = ("_socket", "_held", "_has_written")
+
+    def __init__(self, sock: Any) -> None:
+        self._socket = sock
+        self._held = b""
+        self._has_written = False
+
+    def sendall(self, data: bytes) -> None:
+        if not self._has_written:
+            self._has_written = True
+            self._held = bytes(data)
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        self._socket.sendall(data)
+
+    def flush(self) -> None:
+        """Send what is held (the headers of an answer without a body)."""
+        if self._held:
+            held, self._held = self._held, b""
+            self._socket.sendall(held)
+
+    def __getattr__(self, name: str) -> Any:
+        self.flush()
+        return getattr(self._socket, name)
+
+
 class DrainingGeventWorker(GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker, answering held polls when told to stop."""
 
@@ -93,8 +132,10 @@ class DrainingGeventWorker(GeventWorker):  # type: ignore[misc]
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         current = gevent.getcurrent()
         self._busy.add(current)
+        out = OneSendAnswers(sock)
         try:
-            kept_alive = super().handle_request(listener_name, req, sock, addr)
+            kept_alive = super().handle_request(listener_name, req, out, addr)
+            out.flush()
         finally:
             self._busy.discard(current)
         # gunicorn decides keep-alive when a request starts, and a poll the drain
