@@ -340,7 +340,7 @@ class Settings:
     metrics_dir: Path | None = setting(
         None,
         "where gunicorn's workers keep their metric files; cleared at start",
-        shown="a temporary folder",
+        shown="a temporary folder (in /dev/shm when there is one)",
     )
     push_allow_private: bool = setting(
         False, "`1` allows webhook URLs on loopback/private addresses"
