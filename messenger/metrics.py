@@ -151,6 +151,19 @@ def count_request(route: str, method: str, status: int, duration_secs: float) ->
     children[1].observe(duration_secs)
 
 
+_TOKEN_CHECK_CHILDREN: dict[bool, Any] = {}
+
+
+def count_token_check(*, is_hit: bool) -> None:
+    """messenger_token_cache_total: one bearer-token check (every poll makes one)."""
+    child = _TOKEN_CHECK_CHILDREN.get(is_hit)
+    if child is None:
+        child = _TOKEN_CHECK_CHILDREN[is_hit] = TOKEN_CACHE.labels(
+            outcome="hit" if is_hit else "miss"
+        )
+    child.inc()
+
+
 def method_label(method: str) -> str:
     """The HTTP method as a metrics label: a standard method, else "other"."""
     return method if method in _KNOWN_METHODS else "other"

@@ -178,9 +178,9 @@ def verify(token: str) -> Verified:
     idle_days = rt.settings.session_idle_days
     cached = token_cache.get(digest, _idle_cutoff(idle_days))
     if cached is not None:
-        metrics.TOKEN_CACHE.labels(outcome="hit").inc()
+        metrics.count_token_check(is_hit=True)
         return cached
-    metrics.TOKEN_CACHE.labels(outcome="miss").inc()
+    metrics.count_token_check(is_hit=False)
     generation = token_cache.generation
     # Timing: the token itself is never compared; the lookup probes an index
     # with its SHA-256 digest, and steering a digest toward a stored one is a
