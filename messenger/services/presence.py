@@ -151,6 +151,18 @@ class Tracker:
                     notes[user_id] = max(notes.get(user_id, 0.0), now)
             self.written = {u: t for u, t in self.written.items() if t > now - grace}
             self.refreshed_at = now
+        # A user with a poll held here now is online whatever Redis says, and the
+        # refresh above rewrites held users once their time there is half a window
+        # old: so a re-poll (an answer and the next poll, noted together; a
+        # fan-out to N members is N of them) need not be written again before
+        # then. A user whose polls all ended is written: its last activity counts.
+        fresh = now - grace * REFRESH_AFTER_GRACE_PART
+        hub = self.rt.hub
+        notes = {
+            u: t
+            for u, t in notes.items()
+            if not (self.written.get(u, 0.0) > fresh and hub.is_holding(u))
+        }
         sweep = now - self.swept_at >= tick
         try:
             came_online = self.board.touch(notes)

@@ -206,3 +206,23 @@ def test_redis_trouble_never_reaches_a_poll(
     # The poll path itself only writes to memory.
     cursor = chat.head(user)
     assert chat.poll(user, cursor)["cursor"] == cursor
+
+
+def test_repolls_of_a_held_user_are_not_rewritten_until_the_poll_ends(
+    make_user: Any, chat: Any, tracker: presence.Tracker
+) -> None:
+    alice = make_user()
+    cursor = chat.head(alice)
+    settle_presence()
+    first = tracker.board.last_seen([alice.id])[alice.id]
+    held = gevent.spawn(chat.poll, alice, cursor, 2)
+    wait_until_held(alice.id)
+    settle_presence()
+    # An answer and the next poll of a user held here: online either way.
+    tracker.note(alice.id)
+    settle_presence()
+    assert tracker.board.last_seen([alice.id])[alice.id] == first
+    # When the poll ends, its end is written: last seen is exact.
+    held.get(timeout=5)
+    settle_presence()
+    assert tracker.board.last_seen([alice.id])[alice.id] > first
