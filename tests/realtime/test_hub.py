@@ -247,6 +247,24 @@ def test_registry_refresh_rewrites_held_users_and_drops_lapsed_ones(
     assert redis.zscore(keys.connections(gone), worker_ids[0]) is not None
 
 
+def test_registry_refresh_skips_registrations_with_half_their_life_left(
+    redis: redis_lib.Redis, clock: FakeClock, worker_ids: tuple[str, str]
+) -> None:
+    user_id = _user()
+    hub = Hub()
+    registry = Registry(redis, worker_ids[0], hub, clock=clock)
+    hub.register = registry.ensure
+    key = keys.connections(user_id)
+    with hub.listen(user_id):
+        written = redis.zscore(key, worker_ids[0])
+        clock.advance(keys.CONN_REFRESH_SECS)
+        registry.refresh()
+        assert redis.zscore(key, worker_ids[0]) == written
+        clock.advance(keys.CONN_REFRESH_SECS)
+        registry.refresh()
+        assert redis.zscore(key, worker_ids[0]) == clock.now + keys.CONN_TTL_SECS
+
+
 def test_registry_reports_redis_down(clock: FakeClock) -> None:
     down = redis_lib.Redis(port=free_port(), socket_connect_timeout=0.5)
     assert not Registry(down, "w", Hub(), clock=clock).ensure(_user())
