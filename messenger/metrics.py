@@ -93,7 +93,8 @@ PUSH_ENQUEUED = Counter(
 PUSH_DELIVERIES = Counter(
     "messenger_push_deliveries_total",
     "Push attempts by outcome: delivered, gone, retry, dead, no_device, deferred "
-    "(a user or host at its cap), dropped (queue or user share full).",
+    "(a user or host at its cap), dropped (queue or user share full), unwanted "
+    "(muted, or every sender blocked, at delivery).",
     ["outcome"],
 )
 RATE_LIMITED = Counter(

@@ -7,8 +7,12 @@ conversation are coalesced: the first schedules a batch due
 `push_coalesce_secs` later, the next ones join it, and the push worker
 (workers/pusher.py) turns the due batch into one job and one push per device.
 
-Queueing never fails a send: Redis trouble is logged and counted, and that push is
-lost (the message itself is durable and reaches the member's next poll).
+Queueing never fails a send and reads no database: Redis trouble is logged and
+counted, and that push is lost (the message itself is durable and reaches the
+member's next poll). What the member asked not to be pushed (a muted
+conversation, a blocked sender) is read on the member's shard when the job is
+delivered (`recipient`): at its latest, and where a database outage only delays
+the push (the worker retries) instead of losing it.
 """
 
 from __future__ import annotations
@@ -18,19 +22,20 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from messenger import metrics, runtime
-from messenger.errors import Unavailable
-from messenger.models import Message
+from messenger.models import Device, Message
 from messenger.realtime import keys
 from messenger.realtime.presence import PresenceBoard
 from messenger.services import presence
 from messenger.settings import Settings
 from messenger.storage import blocks as block_store
 from messenger.storage import conversations as conversation_store
+from messenger.storage import devices as device_store
 from messenger.storage.events import OutboxRow
 from messenger.views import message_json
 
@@ -123,51 +128,56 @@ def enqueue(rows: list[OutboxRow]) -> int:
         users = sorted({user_id for user_id, _ in items})
         wanted = _with_devices(rt.redis, users)
         wanted -= is_online(wanted)
-        muted, blocked = _unwanted(
-            {key: items[key] for key in items if key[0] in wanted}
-        )
         batches = {
-            key: [item for sender, item in found if (key[0], sender) not in blocked]
+            key: [item for _, item in found]
             for key, found in items.items()
-            if key[0] in wanted and key not in muted
+            if key[0] in wanted
         }
-        targets = [key for key, found in batches.items() if found]
-        if targets:
-            _add(rt.redis, {b: batches[b] for b in targets}, rt.settings)
+        if batches:
+            _add(rt.redis, batches, rt.settings)
     except redis.RedisError as exc:
         metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
         logger.warning("push: %d pushes not queued: %s", len(items), exc)
         return 0
-    except Unavailable:
-        logger.warning("push: %d pushes not queued (database)", len(items))
-        return 0
-    metrics.PUSH_ENQUEUED.inc(len(targets))
-    return len(targets)
+    metrics.PUSH_ENQUEUED.inc(len(batches))
+    return len(batches)
 
 
-def _unwanted(
-    items: dict[tuple[int, int], list[tuple[int, str]]],
-) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
-    """What the members asked not to be pushed, read on their shards: the
-    (member, conversation) pairs muted now, and the (member, sender) pairs where
-    the member blocked the sender (API.md).
+@dataclass(frozen=True)
+class Recipient:
+    """Where a due push goes and what it still carries."""
+
+    devices: list[Device]
+    messages: list[dict[str, Any]]
+
+
+def recipient(
+    user_id: int,
+    conversation_id: int,
+    messages: list[dict[str, Any]],
+    device_id: int | None = None,
+) -> Recipient:
+    """A push job's recipient as of now, read on the user's shard in one
+    connection: the user's devices (only device_id's for a job retried for one
+    device), and the messages the user still wants pushed: none while the
+    conversation is muted, none from a sender the user blocked (API.md).
 
     Raises:
-        Unavailable: a database needed is down.
+        Unavailable: the user's shard is down (the worker retries the job).
     """
-    by_schema: dict[str, list[int]] = defaultdict(list)
-    for user_id in sorted({user_id for user_id, _ in items}):
-        by_schema[runtime.get().router.schema_of(user_id)].append(user_id)
-    conversation_ids = sorted({c for _, c in items})
-    senders = sorted({sender for found in items.values() for sender, _ in found})
-    muted: set[tuple[int, int]] = set()
-    blocked: set[tuple[int, int]] = set()
-    router = runtime.get().router
-    for user_ids in by_schema.values():
-        with router.on_user(user_ids[0], "push_wishes", transaction=False) as cur:
-            muted |= conversation_store.muted_among(cur, user_ids, conversation_ids)
-            blocked |= block_store.pairs_among(cur, user_ids, senders)
-    return muted, blocked
+    senders = sorted({int(m["sender_id"]) for m in messages})
+    with runtime.get().router.on_user(
+        user_id, "push_recipient", transaction=False
+    ) as cur:
+        found = device_store.of_user(cur, user_id)
+        if device_id is not None:
+            found = [d for d in found if d.device_id == device_id]
+        if not found:
+            return Recipient([], [])
+        if conversation_store.muted_among(cur, [user_id], [conversation_id]):
+            return Recipient(found, [])
+        blocked = {b for _, b in block_store.pairs_among(cur, [user_id], senders)}
+    return Recipient(found, [m for m in messages if int(m["sender_id"]) not in blocked])
 
 
 def _with_devices(client: redis.Redis, user_ids: list[int]) -> set[int]:
