@@ -205,13 +205,16 @@ def redis(services: Services, app: Any) -> Iterator[redis_lib.Redis]:
     """A client of the test Redis, emptied (FLUSHDB) before the test.
 
     The in-process worker forgets which polls it had registered there, so it
-    registers them again; the push worker rebuilds device flags it finds missing.
+    registers them again, and drops pushes it held for Redis; the push worker
+    rebuilds device flags it finds missing.
     """
     from messenger import runtime
+    from messenger.services import push
 
     client = redis_lib.Redis.from_url(services.redis.url)
     client.flushdb()
     runtime.get().registry.forget_all()
+    push.held.clear()
     try:
         yield client
     finally:

@@ -25,9 +25,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import redis
 
 from messenger import metrics, runtime
+from messenger.backoff import Backoff
 from messenger.models import Device, Message
 from messenger.realtime import keys
 from messenger.realtime.presence import PresenceBoard
@@ -105,7 +107,9 @@ def build_push(
 def enqueue(rows: list[OutboxRow]) -> int:
     """Queue pushes for the messages among rows (an after-fan-out hook).
 
-    Returns how many (member, conversation) batches were added to. Never raises.
+    Returns how many (member, conversation) batches were added to. Never raises:
+    while Redis is down the pushes are held in this process (`held`) and queued
+    once it answers again.
     """
     # (member, conversation) → (sender, push item) in seq order.
     items: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
@@ -119,11 +123,21 @@ def enqueue(rows: list[OutboxRow]) -> int:
                 items[(user_id, row.conversation_id)].append((message.sender_id, item))
     if not items:
         return 0
-    rt = runtime.get()
-    if not rt.hub.redis_ok:
-        metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
-        logger.warning("push: Redis is down; %d pushes not queued", len(items))
+    if held or not runtime.get().hub.redis_ok:
+        # Behind what is held already, so each batch keeps its seq order.
+        held.hold(items)
         return 0
+    queued = _queue(items)
+    if queued is None:
+        held.hold(items)
+        return 0
+    return queued
+
+
+def _queue(items: dict[tuple[int, int], list[tuple[int, str]]]) -> int | None:
+    """Queue the batches whose member has devices and is not online; how many,
+    or None when Redis failed (nothing of it is then half-queued: one MULTI)."""
+    rt = runtime.get()
     try:
         users = sorted({user_id for user_id, _ in items})
         wanted = _with_devices(rt.redis, users)
@@ -137,10 +151,73 @@ def enqueue(rows: list[OutboxRow]) -> int:
             _add(rt.redis, batches, rt.settings)
     except redis.RedisError as exc:
         metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
-        logger.warning("push: %d pushes not queued: %s", len(items), exc)
-        return 0
+        logger.warning("push: %d pushes not queued yet: %s", len(items), exc)
+        return None
     metrics.PUSH_ENQUEUED.inc(len(batches))
     return len(batches)
+
+
+# Pushes held while Redis is down, per process, at most this many (member,
+# conversation) batches: past it the oldest are dropped (logged and counted),
+# as the queue itself drops past its bound.
+HELD_BATCHES_MAX = 10_000
+# How often the holder looks whether Redis is back.
+HELD_CHECK_SECS = 0.25
+
+
+class HeldPushes:
+    """Pushes that met Redis down, kept in order until it answers again, then
+    queued by a greenlet of their own (started with the first one held, ended
+    when none is left). A process that dies meanwhile loses them, as it would
+    lose a push it was about to queue; the messages themselves are durable."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        self._queuer: gevent.Greenlet | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def hold(self, items: dict[tuple[int, int], list[tuple[int, str]]]) -> None:
+        for key, found in items.items():
+            batch = self._items.setdefault(key, [])
+            batch.extend(found)
+            del batch[:-BATCH_MAX_MESSAGES]
+        dropped = 0
+        while len(self._items) > HELD_BATCHES_MAX:
+            del self._items[next(iter(self._items))]
+            dropped += 1
+        if dropped:
+            metrics.PUSH_DELIVERIES.labels(outcome="dropped").inc(dropped)
+            logger.warning("push: %d held batches dropped (Redis down)", dropped)
+        if self._queuer is None or self._queuer.dead:
+            self._queuer = gevent.spawn(self._queue_when_back)
+
+    def clear(self) -> None:
+        self._items.clear()
+        if self._queuer is not None:
+            self._queuer.kill(block=False)
+            self._queuer = None
+
+    def _queue_when_back(self) -> None:
+        retry = Backoff(HELD_CHECK_SECS, 5.0)
+        while self._items:
+            gevent.sleep(HELD_CHECK_SECS)
+            if not runtime.get().hub.redis_ok:
+                continue
+            items, self._items = self._items, {}
+            if _queue(items) is None:
+                # Back in front of whatever was held meanwhile, in order.
+                for key, found in self._items.items():
+                    items.setdefault(key, []).extend(found)
+                self._items = items
+                gevent.sleep(retry.failed())
+                continue
+            retry.reset()
+            logger.info("push: %d held batches queued", len(items))
+
+
+held = HeldPushes()
 
 
 @dataclass(frozen=True)

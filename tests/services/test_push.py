@@ -414,20 +414,31 @@ def test_bodies_are_cut_to_200_characters(
     assert got.json["messages"][0]["body"] == body[:200]
 
 
-def test_send_survives_redis_trouble(
+def test_pushes_wait_in_the_worker_while_redis_is_down(
     client: Any,
     make_user: Any,
     chat: Any,
     redis: Any,
-    push_settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    receiver: Receiver,
+    make_pusher: Any,
 ) -> None:
+    # They were dropped: a message sent during a Redis outage was never pushed.
     alice, bob = make_user(), make_user()
-    add_device(client, bob, "http://127.0.0.1:9/bob")
+    add_device(client, bob, receiver.url("/bob"))
     cid = chat.direct(alice, bob)
-    monkeypatch.setattr(runtime.get().hub, "redis_ok", False)
-    chat.send(alice, cid, "still stored")
-    assert queue_is_empty(redis)
+    hub = runtime.get().hub
+    hub.redis_ok = False  # as the dispatcher marks it when Redis stops answering
+    try:
+        first = chat.send(alice, cid, "still stored")
+        second = chat.send(alice, cid, "and this one")
+        assert queue_is_empty(redis)
+        assert len(push.held) == 1
+    finally:
+        hub.redis_ok = True
+    wait_for(lambda: not push.held, what="the held pushes to be queued")
+    assert run_due(make_pusher()) == 1
+    [got] = receiver.to("/bob")
+    assert got.json["messages"] == [first, second]
 
 
 def test_fan_out_replayed_by_the_sweep_command_queues_a_push(
