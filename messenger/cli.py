@@ -48,6 +48,8 @@ def cmd_migrate(settings: Settings) -> int:
         return 1
     finally:
         router.close()
+    if result.copied_rows:
+        _say(f"migrate: copied {result.copied_rows} rows from the directory to shards")
     _say(
         f"migrations: {result.applied} applied across {result.schemas} schemas "
         "(directory + shards); up to date"

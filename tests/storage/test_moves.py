@@ -31,6 +31,9 @@ User = conftest.TestUser
 LOAD_SHARD = 6
 CRASH_SHARD = 7
 FOLLOW_WAIT_SECS = 5.0
+# PostgreSQL's statistics (the row counts of `messenger shards`) lag by about a
+# second; a busy machine gets more.
+STATS_WAIT_SECS = 10.0
 # Where the session's map puts each shard (tests/conftest.py).
 HOME = ("m1",) * 4 + ("m2",) * 4
 
@@ -182,16 +185,30 @@ def test_rebalance_plans_an_even_spread_with_fewest_moves() -> None:
 
 
 def test_shards_command_shows_the_map_sizes_and_load(
-    settings: Settings, capsys: pytest.CaptureFixture[str]
+    settings: Settings,
+    make_user: Any,
+    chat: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from messenger.cli import cmd_shards
 
-    assert cmd_shards(settings) == 0
-    out = capsys.readouterr().out
+    # A direct pair is a row of its lower user's shard (registered first).
+    (lower,) = users_on(make_user, LOAD_SHARD, 1)
+    chat.direct(make_user("peer"), lower)
+    deadline = time.monotonic() + STATS_WAIT_SECS
+    while True:
+        assert cmd_shards(settings) == 0
+        out = capsys.readouterr().out
+        lines = out.splitlines()
+        shard_line = next(line for line in lines if line.split()[:1] == ["6"])
+        # Row counts are PostgreSQL's statistics, which arrive within a second.
+        if "direct_pairs=" in shard_line or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert f"shard map: {TEST_SHARDS} shards, epoch" in out
-    lines = out.splitlines()
     assert any(line.split()[:2] == ["m2", "4"] for line in lines), out
-    assert any(line.split()[:3] == ["6", "m2", "active"] for line in lines), out
+    assert shard_line.split()[:3] == ["6", "m2", "active"], out
+    assert "direct_pairs=" in shard_line, out
 
 
 # -- moving a shard ------------------------------------------------------------------
@@ -311,6 +328,16 @@ def test_move_shard_under_load_loses_and_repeats_nothing(
     assert result.fence_secs < 5, result.fence_secs
     assert result.tables["messages"].rows > 0
     assert any("copying" in line or "copied" in line for line in lines), lines
+    # The pair of directs[0] is a row of moved[0]'s shard (the lower id): it
+    # moved too, and opening the conversation again finds it there.
+    assert result.tables["direct_pairs"].rows >= 1
+    r = client.post(
+        "/v1/conversations",
+        headers=others[3].headers,
+        json={"kind": "direct", "user_id": moved[0].id},
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["conversation"]["id"] == directs[0]
 
     # The app follows the new map; the moved shard takes writes in m3.
     app_map = runtime.get().router.shard_map
@@ -396,15 +423,18 @@ def test_a_move_crashed_while_fenced_resumes_and_one_crashed_while_copying_rolls
     wait_for_epoch(placement.stored_map(mover).epoch)
     r = client.get("/v1/events?after=0", headers=user.headers)
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
-    # The source is fenced: even a write past the router fails.
-    fenced = mover.on_dsn(services.pg.dsn("m2"), "test_fenced")
-    with pytest.raises(Unavailable), fenced as cur:
-        cur.execute(
-            f"UPDATE {schema_name(CRASH_SHARD)}.user_state "
-            "SET last_event_id = last_event_id"
-        )
+    # The source is fenced: even a write past the router fails, direct pairs
+    # (user's shard: the lower id) included.
+    for statement in (
+        "UPDATE {}.user_state SET last_event_id = last_event_id",
+        "INSERT INTO {}.direct_pairs VALUES (1, 2, 3)",
+    ):
+        fenced = mover.on_dsn(services.pg.dsn("m2"), "test_fenced")
+        with pytest.raises(Unavailable), fenced as cur:
+            cur.execute(statement.format(schema_name(CRASH_SHARD)))
     result = moves.move_shard(mover, CRASH_SHARD, "m3")
     assert result.tables["user_state"].rows >= 1
+    assert result.tables["direct_pairs"].rows >= 1
     wait_for_epoch(placement.stored_map(mover).epoch)
     chat.send(peer, conversation_id, "after")
     events = stored_events(chat.drain(user, "0")[0])
