@@ -296,9 +296,10 @@ def _copy_direct_pairs(router: Router, cur: psycopg2.extensions.cursor) -> int:
     return copied
 
 
-# Directory migrations applied after every shard schema is migrated, with the
-# data step that first copies the rows of what they drop to the shards (in the
-# same transaction). Each step is idempotent and returns the rows it copied.
+# Directory migrations applied after every shard schema is migrated (so after
+# every other directory file, too), each with the data step that first copies
+# the rows of what it drops to the shards, in the same transaction. Each step is
+# idempotent and returns the rows it copied.
 AFTER_SHARDS: dict[str, Callable[[Router, psycopg2.extensions.cursor], int]] = {
     "0080_direct_pairs_to_shards.sql": _copy_direct_pairs,
 }
