@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, replace
 
 import gevent
@@ -184,7 +184,9 @@ def _fan_out_remote(rt: runtime.Runtime, pending: _Pending, dsn: str) -> int:
     timer.start()
     try:
         with router.on_dsn(dsn, "fanout_remote") as remote:
-            _write(router, remote, schemas, rows, event_ids)
+            written_before = _write(
+                router, remote, schemas, rows, event_ids, may_be_late=True
+            )
     except gevent.Timeout as exc:
         if exc is not timer:
             raise
@@ -209,7 +211,7 @@ def _fan_out_remote(rt: runtime.Runtime, pending: _Pending, dsn: str) -> int:
     except Unavailable:
         # Delivered but not recorded: a replay writes nothing twice.
         finished = 0
-    _delivered(rt, rows, set(users), event_ids)
+    _delivered(rt, rows, set(users), event_ids, written_before)
     return finished
 
 
@@ -236,23 +238,34 @@ def _delivered(
     rows: list[OutboxRow],
     users: set[int],
     event_ids: dict[str, dict[int, int]],
+    written_before: Container[tuple[int, str]] = frozenset(),
 ) -> None:
     """Wake the users whose streams just got these rows' events, in outbox order
     (each member's ids ascend; a message's wake carries them: _wake_for_message),
-    and run the after-fan-out hooks (push) for them: each recipient once per row."""
+    and run the after-fan-out hooks (push) for them: each recipient once per row.
+
+    The pairs (user, origin) in written_before were written by another fan-out,
+    which ran the hooks for them: they are left out of the hooks here (a late
+    part must not push a message again). They are still woken: a wake costs
+    little, and the fan-out that wrote them may have been cut off before its own.
+    """
     for row in rows:
         woken = sorted(set(row.undelivered) & users)
         if row.message is not None:
             _wake_for_message(row.message, woken, event_ids)
         elif woken:
             rt.waker.wake_users(woken)
-    _after_fanout(
-        [
-            replace(row, recipients=mine)
-            for row in rows
-            if (mine := tuple(u for u in row.undelivered if u in users))
-        ]
-    )
+    hooked = []
+    for row in rows:
+        origin = event_store.origin_of(row)
+        mine = tuple(
+            u
+            for u in row.undelivered
+            if u in users and (u, origin) not in written_before
+        )
+        if mine:
+            hooked.append(replace(row, recipients=mine))
+    _after_fanout(hooked)
 
 
 @dataclass(frozen=True)
@@ -376,17 +389,37 @@ def _write(
     schemas: dict[str, set[int]],
     rows: list[OutboxRow],
     event_ids: dict[str, dict[int, int]],
-) -> None:
+    *,
+    may_be_late: bool = False,
+) -> set[tuple[int, str]]:
     """One database's part of the rows' fan-out; the messages' new event ids
-    are added to event_ids (origin → user → id)."""
+    are added to event_ids (origin → user → id). Returns the (user, origin)
+    pairs left out because they were written already.
+
+    may_be_late: the rows were read before this transaction, outside the
+    conversation's fan-out lock (another database's part), so a newer fan-out
+    of the conversation may have written them, and later rows, here already.
+    Each row then leaves out the users holding its event: written again, it
+    would undo the later rows (bring back an edit's older text, or the list
+    entry of a member removed since). One more round trip.
+    """
     batch = FanoutBatch(cur)
-    for schema in sorted(schemas):
-        batch.lock(schema, sorted(schemas[schema]))
+    applied: set[tuple[int, str]] = set()
+    if may_be_late:
+        applied = event_store.lock_and_find_applied(
+            cur,
+            {schema: sorted(users) for schema, users in schemas.items()},
+            [event_store.origin_of(row) for row in rows],
+        )
+    else:
+        for schema in sorted(schemas):
+            batch.lock(schema, sorted(schemas[schema]))
     for row in rows:
+        origin = event_store.origin_of(row)
         by_schema: dict[str, list[int]] = defaultdict(list)
         for user_id in row.undelivered:
             schema = router.schema_of(user_id)
-            if user_id in schemas.get(schema, ()):
+            if user_id in schemas.get(schema, ()) and (user_id, origin) not in applied:
                 by_schema[schema].append(user_id)
         for schema in sorted(by_schema):
             users = by_schema[schema]
@@ -415,6 +448,7 @@ def _write(
         batch.execute()
     for origin, ids in found.items():
         event_ids.setdefault(origin, {}).update(ids)
+    return applied
 
 
 def _after_fanout(rows: list[OutboxRow]) -> None:

@@ -19,8 +19,9 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
 from messenger import runtime
-from messenger.services import messages
+from messenger.services import fanout, messages
 from messenger.storage import events as event_store
+from messenger.storage.events import OutboxRow
 from messenger.storage.router import Router
 from messenger.workers.sweeper import sweep_once
 from tests import conftest
@@ -190,3 +191,79 @@ def test_a_full_pool_leaves_the_other_databases_to_the_sweeper(
 def _left_to_sweeper() -> float:
     value = REGISTRY.get_sample_value("messenger_fanouts_left_to_sweeper_total")
     return value or 0.0
+
+
+def test_an_older_fan_out_reaching_a_database_last_undoes_nothing(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    router: Router,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two fan-outs of one conversation race to another database: the older one
+    (its outbox read before the newer change) may get there second. It must then
+    add nothing, undo nothing (an edit's newer text, a member's removal) and
+    push nothing again."""
+    sender, near, far, cid = _spread_group(make_user, chat, router)
+    newcomer = _user_on(make_user, router, router.dsn_of(far.id))
+    chat.send(sender, cid, "first")
+    cursor = chat.head(far)
+    rt = runtime.get()
+    # Nothing runs behind the answers here: the test runs the parts itself.
+    release = gevent.event.Event()
+    full = gevent.pool.Pool(1)
+    full.spawn(release.wait, 30)
+    monkeypatch.setattr(rt, "background_fanouts", full)
+    hooked: list[tuple[str, int]] = []
+
+    def record(rows: list[OutboxRow]) -> None:
+        hooked.extend(
+            (event_store.origin_of(row), user_id)
+            for row in rows
+            for user_id in row.recipients
+            if user_id in (far.id, newcomer.id)
+        )
+
+    monkeypatch.setattr(rt, "after_fanout", [record])
+    app = client.application
+    plain = FlaskClient(app, app.response_class)
+    url = f"/v1/conversations/{cid}"
+    far_dsn = router.dsn_of(far.id)
+    try:
+        older = []
+        for method, path, body in [
+            ("patch", f"{url}/messages/1", {"body": "old text"}),
+            ("post", f"{url}/members", {"user_id": newcomer.id}),
+            ("post", f"{url}/messages", {"client_msg_id": "m2", "body": "second"}),
+            ("patch", f"{url}/messages/1", {"body": "new text"}),
+            ("delete", f"{url}/members/{newcomer.id}", None),
+        ]:
+            r = plain.open(path, method=method, headers=sender.headers, json=body)
+            assert r.status_code in (200, 201, 204), r.get_json()
+            # What a request's fan-out hands to its part on the other database.
+            pending = fanout._fan_out_own_database(rt, cid)
+            assert pending is not None and far_dsn in pending.remote
+            older.append(pending)
+        # The newest first (it carries every row), then the older ones.
+        for pending in reversed(older):
+            fanout._fan_out_remote(rt, pending, far_dsn)
+    finally:
+        release.set()
+        full.join(timeout=5)
+    events, _ = chat.drain(far, cursor)
+    assert [e["type"] for e in events if "id" in e] == [
+        "message_updated",
+        "member_added",
+        "message",
+        "message_updated",
+        "member_removed",
+    ]
+    assert events[3]["message"]["body"] == "new text"
+    r = client.get("/v1/search?q=old", headers=far.headers)
+    assert r.get_json()["messages"] == []
+    r = client.get("/v1/search?q=new", headers=far.headers)
+    assert [m["body"] for m in r.get_json()["messages"]] == ["new text"]
+    listed = client.get("/v1/conversations", headers=newcomer.headers).get_json()
+    assert cid not in [c["id"] for c in listed["conversations"]]
+    # Each row reached the hooks (push) once for each member there.
+    assert len(hooked) == len(set(hooked)) == 5 + 4, hooked
