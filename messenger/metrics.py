@@ -54,6 +54,11 @@ FANOUT_LAG_SECONDS = Histogram(
     "Age of outbox rows when the sweeper finished them.",
     buckets=_LATENCY_BUCKETS,
 )
+FANOUTS_LEFT_TO_SWEEPER = Counter(
+    "messenger_fanouts_left_to_sweeper_total",
+    "Request fan-outs whose part on other databases was left in the outbox for "
+    "the sweeper: the worker's background fan-outs were at their cap.",
+)
 OUTBOX_BACKLOG = Gauge(
     "messenger_outbox_backlog",
     "Outbox rows older than the sweep delay at the last sweep.",

@@ -87,7 +87,7 @@ def _create(
                 },
             )
     if created:
-        fanout.fan_out_quietly(conversation_id)
+        fanout.start_fan_out(conversation_id)
     return conv
 
 
