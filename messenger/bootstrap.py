@@ -63,7 +63,11 @@ class Background:
     greenlets: list[gevent.Greenlet] = field(default_factory=list)
 
     def stop(self) -> None:
-        """Stop everything start() started and disconnect the poll hooks."""
+        """Stop everything start() started and disconnect the poll hooks, once
+        the fan-outs running behind answers have finished (bounded)."""
+        fanouts = self.rt.background_fanouts
+        fanouts.join(timeout=STOP_TIMEOUT_SECS)
+        fanouts.kill(timeout=STOP_TIMEOUT_SECS)
         for hooks in (self.rt.hub.on_poll_start, self.rt.hub.on_poll_end):
             if self.tracker.note in hooks:
                 hooks.remove(self.tracker.note)

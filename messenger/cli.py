@@ -48,6 +48,8 @@ def cmd_migrate(settings: Settings) -> int:
         return 1
     finally:
         router.close()
+    if result.copied_rows:
+        _say(f"migrate: copied {result.copied_rows} rows from the directory to shards")
     _say(
         f"migrations: {result.applied} applied across {result.schemas} schemas "
         "(directory + shards); up to date"
@@ -111,16 +113,13 @@ def cmd_move_shard(
         return 1
     finally:
         router.close()
-    _say(
-        f"move-shard {shard}: verified {len(result.tables)} tables, {result.rows} "
-        "rows (counts and checksums equal)"
-    )
+    timing = f"fence {result.fence_secs:.2f} s, then verify {result.verify_secs:.2f} s"
     if result.copy_secs:
-        _say(
-            f"move-shard {shard}: copy {result.rows / result.copy_secs:.0f} rows/s, "
-            f"{result.copy_bytes / 1e6 / result.copy_secs:.2f} MB/s; "
-            f"fence {result.fence_secs:.2f} s"
+        timing = (
+            f"copy {result.rows / result.copy_secs:.0f} rows/s, "
+            f"{result.copy_bytes / 1e6 / result.copy_secs:.2f} MB/s; {timing}"
         )
+    _say(f"move-shard {shard}: {timing}")
     _say("run `messenger drop-moved-shard` once you no longer need the old copy")
     return 0
 

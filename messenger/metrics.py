@@ -56,6 +56,11 @@ FANOUT_LAG_SECONDS = Histogram(
     "Age of outbox rows when the sweeper finished them.",
     buckets=_LATENCY_BUCKETS,
 )
+FANOUTS_LEFT_TO_SWEEPER = Counter(
+    "messenger_fanouts_left_to_sweeper_total",
+    "Request fan-outs whose part on other databases was left in the outbox for "
+    "the sweeper: the worker's background fan-outs were at their cap.",
+)
 OUTBOX_BACKLOG = Gauge(
     "messenger_outbox_backlog",
     "Outbox rows older than the sweep delay at the last sweep.",
@@ -95,7 +100,8 @@ PUSH_ENQUEUED = Counter(
 PUSH_DELIVERIES = Counter(
     "messenger_push_deliveries_total",
     "Push attempts by outcome: delivered, gone, retry, dead, no_device, deferred "
-    "(a user or host at its cap), dropped (queue or user share full).",
+    "(a user or host at its cap), dropped (queue or user share full), unwanted "
+    "(muted, or every sender blocked, at delivery).",
     ["outcome"],
 )
 RATE_LIMITED = Counter(

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import gevent.pool
 import redis
 
 from messenger.blobs import BlobStore
@@ -33,6 +34,14 @@ logger = logging.getLogger(__name__)
 # notifications); what they return is ignored, what they raise is logged.
 AfterFanout = Callable[[list[OutboxRow]], object]
 
+# Request fan-outs' parts on other databases run behind the answers, at most
+# this many at a time per worker (services/fanout.start_fan_out); past it they
+# wait in the outbox for the sweeper. Healthy, a part takes milliseconds, so a
+# few are running at any time; a hung server holds each for up to the fan-out's
+# remote timeout (5 s), and they must not gather without bound, each with its
+# outbox rows in memory.
+BACKGROUND_FANOUTS_MAX = 100
+
 
 @dataclass
 class Runtime:
@@ -45,6 +54,9 @@ class Runtime:
     waker: Waker
     blobs: BlobStore
     after_fanout: list[AfterFanout] = field(default_factory=list)
+    background_fanouts: gevent.pool.Pool = field(
+        default_factory=lambda: gevent.pool.Pool(BACKGROUND_FANOUTS_MAX)
+    )
 
     def close(self) -> None:
         """Close the database pools and the Redis pool (background work is the

@@ -7,7 +7,9 @@ polls and printing a SystemExit traceback. These workers, on SIGTERM, SIGINT or
 SIGQUIT alike (Ctrl-C in a terminal reaches the workers directly, and the master
 forwards SIGQUIT on a quick stop), answer every held poll now with its cursor
 unchanged, close each connection after its current request, and shut the idle
-ones, so they exit within a second or two.
+ones, so they exit within a second or two. Fan-outs still running behind the
+answers they followed (their parts on other databases) get a few seconds to end
+before the process does.
 
 DrainingPyWSGIWorker (the one gunicorn.conf.py selects) serves HTTP with
 gevent.pywsgi inside gunicorn's gevent worker: per answered poll it cost a
@@ -22,12 +24,14 @@ DrainingGeventWorker keeps gunicorn's HTTP code (a fallback: set worker_class).
 They override only these methods of gunicorn's workers, whose signatures and
 roles are the same in every release from 23.0 to 27.0 (setup.cfg pins that
 range): `handle_exit` (SIGTERM) and `handle_quit` (SIGINT, SIGQUIT), installed by
-`Worker.init_signals`; DrainingGeventWorker's `handle` (one connection) and
-`handle_request` (one request; raising StopIteration ends the connection); and
-they clear `alive`, the flag the run loop watches. DrainingPyWSGIWorker sets
-gunicorn's `server_class` and `wsgi_handler` hooks, and its handler overrides
-gevent.pywsgi.WSGIHandler's documented steps (handle, read_requestline,
-read_request, get_environ, start_response, handle_one_response, log_request).
+`Worker.init_signals`; `run` (serves until `alive` is cleared and the requests
+under way are done; the process exits when it returns); DrainingGeventWorker's
+`handle` (one connection) and `handle_request` (one request; raising
+StopIteration ends the connection); and they clear `alive`, the flag the run
+loop watches. DrainingPyWSGIWorker sets gunicorn's `server_class` and
+`wsgi_handler` hooks, and its handler overrides gevent.pywsgi.WSGIHandler's
+documented steps (handle, handle_one_request, read_requestline, read_request,
+get_environ, start_response, handle_one_response, log_request).
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ _http_logger = logging.getLogger("messenger.http")
 # whose bytes are already on their way still reaches its handler (and is then
 # answered and closed) rather than being cut off.
 IDLE_CLOSE_DELAY_SECS = 0.2
+# A fan-out's part on another database gives up after the fan-out's remote
+# timeout (5 s, services/fanout.py); a little longer lets every part end on its
+# own. The bound stays far below graceful_timeout (20 s), after which the
+# master kills the worker. A part cut off anyway is safe: it is one transaction,
+# rolled back with its connection, and the sweeper replays it, writing nothing
+# twice.
+BACKGROUND_FANOUTS_FINISH_SECS = 6.0
 
 
 def drain_held_polls() -> None:
@@ -64,6 +75,19 @@ def drain_held_polls() -> None:
         rt.hub.drain()
         deregister(rt.registry)
         forget(rt.router, rt.worker_id)
+
+
+def finish_background_fanouts() -> None:
+    """Wait (bounded) for the fan-outs this process runs behind answers."""
+    from messenger import runtime
+
+    with contextlib.suppress(RuntimeError):  # no runtime: nothing runs
+        fanouts = runtime.get().background_fanouts
+        if len(fanouts) and not fanouts.join(timeout=BACKGROUND_FANOUTS_FINISH_SECS):
+            logger.warning(
+                "stopping with %d fan-outs unfinished; the sweeper finishes them",
+                len(fanouts),
+            )
 
 
 class OneSendAnswers:
@@ -135,6 +159,12 @@ class DrainingGeventWorker(GeventWorker):  # type: ignore[misc]
         self._draining = True
         gevent.spawn(drain_held_polls)
         gevent.spawn_later(IDLE_CLOSE_DELAY_SECS, self._close_idle)
+
+    def run(self) -> None:
+        """Serve until stopped, then let background fan-outs finish (bounded):
+        the requests that started them are all answered by now."""
+        super().run()
+        finish_background_fanouts()
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         current = gevent.getcurrent()
@@ -317,6 +347,12 @@ class DrainingPyWSGIWorker(GeventWorker):  # type: ignore[misc]
         self._draining = True
         gevent.spawn(drain_held_polls)
         gevent.spawn_later(IDLE_CLOSE_DELAY_SECS, self._close_idle)
+
+    def run(self) -> None:
+        """Serve until stopped, then let background fan-outs finish (bounded):
+        the requests that started them are all answered by now."""
+        super().run()
+        finish_background_fanouts()
 
     def _close_idle(self) -> None:
         for handler, client in list(self.connections.items()):

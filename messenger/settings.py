@@ -203,7 +203,7 @@ class Settings:
     )
     directory_url: str | None = setting(
         None,
-        "the directory (global ids, handles, direct pairs)",
+        "the directory (global ids, handles, the shard map)",
         shown="first shard's database",
         read=_read_dsn,
     )

@@ -164,11 +164,36 @@ def settings(services: Services) -> Settings:
     return settings
 
 
+def settle_fanouts(timeout: float = 10.0) -> None:
+    """Wait (bounded) until the fan-outs this worker runs behind answers (their
+    parts on other databases: services/fanout.start_fan_out) have finished."""
+    from messenger import runtime
+
+    fanouts = runtime.get().background_fanouts
+    assert fanouts.join(timeout=timeout), "background fan-outs never finished"
+
+
 @pytest.fixture(scope="session")
 def app(settings: Settings) -> Iterator[Any]:
+    from flask.testing import FlaskClient
+
     from messenger import bootstrap, create_app
 
+    class SettlingClient(FlaskClient):
+        """The in-process app's client: it returns an answer once the fan-outs
+        its request left running behind it have finished too, so the test's
+        next step sees every member's events and lists, as a client a moment
+        later would. Members on the session's second database are fanned out
+        that way; that answers do not wait for them is tested against gunicorn
+        (tests/system/test_outages.py)."""
+
+        def open(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().open(*args, **kwargs)
+            settle_fanouts()
+            return response
+
     app = create_app(settings)
+    app.test_client_class = SettlingClient
     rt = app.extensions["messenger"]
     background = bootstrap.start(rt)
     # For tests that must pause this worker's background work (its sweeper
@@ -205,13 +230,16 @@ def redis(services: Services, app: Any) -> Iterator[redis_lib.Redis]:
     """A client of the test Redis, emptied (FLUSHDB) before the test.
 
     The in-process worker forgets which polls it had registered there, so it
-    registers them again; the push worker rebuilds device flags it finds missing.
+    registers them again, and drops pushes it held for Redis; the push worker
+    rebuilds device flags it finds missing.
     """
     from messenger import runtime
+    from messenger.services import push
 
     client = redis_lib.Redis.from_url(services.redis.url)
     client.flushdb()
     runtime.get().registry.forget_all()
+    push.held.clear()
     try:
         yield client
     finally:

@@ -58,13 +58,18 @@ class Stack:
     """
 
     def __init__(
-        self, say: Callable[[str], None], shards: int = 64, keep_data: bool = False
+        self,
+        say: Callable[[str], None],
+        shards: int = 64,
+        keep_data: bool = False,
+        redis_persistent: bool = False,
     ) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.root = SCRATCH_ROOT / f"messenger-bench-{stamp}-{os.getpid()}"
         self.say = say
         self.shards = shards
         self.keep_data = keep_data
+        self.redis_persistent = redis_persistent
         self.server_log = self.root / "gunicorn.log"
         self.port = 0
         self.workers = 0
@@ -86,12 +91,13 @@ class Stack:
         self.root.chmod(0o755)
         self.say(f"[stack] data folder {self.root}")
         t0 = time.monotonic()
-        # The bench measures the server, not Redis's disk: nothing to persist.
+        # The bench measures the server, not Redis's disk: nothing to persist
+        # (the fault run asks for the append-only file `make run` keeps).
         self._servers = LocalServers(
             self.root,
             pg_port=free_port(),
             redis_port=free_port(),
-            persistent=False,
+            persistent=self.redis_persistent,
             log=lambda m: self.say(f"[stack] {m}"),
         )
         self._servers.start()

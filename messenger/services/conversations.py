@@ -87,35 +87,45 @@ def _create(
                 },
             )
     if created:
-        fanout.fan_out_quietly(conversation_id)
+        fanout.start_fan_out(conversation_id)
     return conv
 
 
 def get_or_create_direct(user_id: int, peer_id: int) -> tuple[Conversation, bool]:
     """The one direct conversation of a pair; True when this call created it.
 
-    Safe under concurrent calls: the directory's (user_lo, user_hi) key decides
-    which conversation id wins; creating it on its shard is idempotent, so a crash
-    between the two steps heals on the next call.
+    Finding an existing one reads the shard of the lower user id (where the pair
+    is kept) and the conversation's shard, never the directory: a pair exists
+    only for two users who exist. Only a new pair draws its conversation id
+    from the directory.
+
+    Safe under concurrent calls: the pair's (user_lo, user_hi) key on its shard
+    decides which conversation id wins; creating the conversation on its own
+    shard is idempotent, so a crash between the two steps heals on the next call.
+
+    Raises:
+        ValidationFailed: the peer is the caller, or no such user.
+        Forbidden: the peer blocked the caller.
     """
     if peer_id == user_id:
         raise ValidationFailed(
             "The request is not valid.",
             fields={"user_id": ["A direct conversation needs another user."]},
         )
-    if peer_id not in accounts.existing_ids([peer_id]):
+    lo, hi = sorted((user_id, peer_id))
+    router = runtime.get().router
+    with router.on_user(lo, "find_direct", transaction=False) as cur:
+        conversation_id = store.find_direct_pair(cur, lo, hi)
+    if conversation_id is None and peer_id not in accounts.existing_ids([peer_id]):
         raise ValidationFailed(
             "The request is not valid.", fields={"user_id": ["No such user."]}
         )
     blocks.require_not_blocked(user_id, [peer_id])
-    lo, hi = sorted((user_id, peer_id))
-    router = runtime.get().router
-    with router.directory("find_direct", transaction=False) as cur:
-        conversation_id = store.find_direct_pair(cur, lo, hi)
     created = False
     if conversation_id is None:
-        with router.directory("claim_direct") as cur:
+        with router.directory("allocate_conversation_id", transaction=False) as cur:
             new_id = user_store.next_id(cur)
+        with router.on_user(lo, "claim_direct") as cur:
             created = store.claim_direct_pair(cur, lo, hi, new_id)
             conversation_id = new_id if created else store.find_direct_pair(cur, lo, hi)
     assert conversation_id is not None  # claimed, or found after losing the race

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, replace
 
 import gevent
@@ -51,13 +51,101 @@ def fan_out(conversation_id: int) -> int:
     now. Writes are idempotent, so a fan-out cut between a remote commit and its
     progress record inserts nothing twice when replayed.
 
+    Waits for every database (the sweeper, `messenger sweep`); request paths use
+    start_fan_out.
+
     Raises:
         Unavailable: the conversation's own database is down (the sweeper
             retries later).
     """
     rt = runtime.get()
-    router = rt.router
     started = time.monotonic()
+    pending = _fan_out_own_database(rt, conversation_id)
+    if pending is None:
+        return 0
+    remotes = [
+        gevent.spawn(_fan_out_remote, rt, pending, dsn)
+        for dsn in sorted(pending.remote)
+    ]
+    gevent.joinall(remotes)
+    metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
+    return pending.finished + sum(g.value or 0 for g in remotes)
+
+
+def start_fan_out(conversation_id: int) -> None:
+    """fan_out for request paths, after their commit, without waiting on any
+    other database.
+
+    The recipients on the conversation's own database (the one the request just
+    committed on; all of them in a one-server deployment) have their events and
+    wakes when this returns: a few milliseconds. Each other database's part runs
+    behind the answer, in this worker's bounded pool (Runtime.background_fanouts),
+    so a slow or hung server never holds a request, nor the healthy servers'
+    connections it would hold. While the pool is full, that part stays in the
+    outbox for the conversation's next fan-out or the sweeper (rows older than
+    SWEEP_AFTER_SECS, every sweeper interval). A failure is logged; the sweeper
+    finishes what it left.
+    """
+    rt = runtime.get()
+    started = time.monotonic()
+    try:
+        pending = _fan_out_own_database(rt, conversation_id)
+    except Exception:  # noqa: BLE001 - the change is already durable
+        logger.warning(
+            "conversation %s: fan-out deferred to the sweeper",
+            conversation_id,
+            exc_info=True,
+        )
+        return
+    if pending is None:
+        return
+    parts = []
+    for dsn in sorted(pending.remote):
+        if rt.background_fanouts.full():
+            metrics.FANOUTS_LEFT_TO_SWEEPER.inc()
+            logger.info(
+                "conversation %s: fan-out to %s left to the sweeper (%d running)",
+                conversation_id,
+                rt.router.pools[dsn].label,
+                len(rt.background_fanouts),
+            )
+            return
+        parts.append(
+            rt.background_fanouts.spawn(_fan_out_remote_logged, rt, pending, dsn)
+        )
+    if not parts:
+        metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
+        return
+    left = len(parts)
+
+    def part_ended(_: gevent.Greenlet) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
+
+    for part in parts:
+        part.link(part_ended)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """What the first step of a fan-out left to the other databases."""
+
+    conv_dsn: str
+    conv_schema: str
+    rows: list[OutboxRow]
+    # dsn → schema → recipients there not yet delivered, over all rows.
+    remote: dict[str, dict[str, set[int]]]
+    # Rows that first step finished (no recipient elsewhere was left).
+    finished: int
+
+
+def _fan_out_own_database(rt: runtime.Runtime, conversation_id: int) -> _Pending | None:
+    """The part of a conversation's fan-out on its own database: under the
+    conversation's fan-out lock, its pending rows to the recipients there, then
+    their wakes and hooks; None when nothing was pending."""
+    router = rt.router
     conv_dsn = router.dsn_of(conversation_id)
     conv_schema = router.schema_of(conversation_id)
     event_ids: dict[str, dict[int, int]] = {}
@@ -65,7 +153,7 @@ def fan_out(conversation_id: int) -> int:
         cur.schema = conv_schema
         rows = event_store.pending_outbox(cur, conversation_id)
         if not rows:
-            return 0
+            return None
         outbox_ids = [r.outbox_id for r in rows]
         plan = _by_database(router, rows)
         local = plan.pop(conv_dsn, None)
@@ -76,14 +164,7 @@ def fan_out(conversation_id: int) -> int:
         finished = event_store.delete_delivered(cur, outbox_ids)
     if local:
         _delivered(rt, rows, set(_users(local)), event_ids)
-    remotes = [
-        gevent.spawn(_fan_out_remote, rt, conv_dsn, conv_schema, dsn, plan[dsn], rows)
-        for dsn in sorted(plan)
-    ]
-    gevent.joinall(remotes)
-    finished += sum(g.value or 0 for g in remotes)
-    metrics.FANOUT_SECONDS.observe(time.monotonic() - started)
-    return finished
+    return _Pending(conv_dsn, conv_schema, rows, dict(plan), finished)
 
 
 # A remote database that has not taken a fan-out's writes within this long is
@@ -93,22 +174,19 @@ def fan_out(conversation_id: int) -> int:
 REMOTE_TIMEOUT_SECS = 5.0
 
 
-def _fan_out_remote(
-    rt: runtime.Runtime,
-    conv_dsn: str,
-    conv_schema: str,
-    dsn: str,
-    schemas: dict[str, set[int]],
-    rows: list[OutboxRow],
-) -> int:
+def _fan_out_remote(rt: runtime.Runtime, pending: _Pending, dsn: str) -> int:
     """One other database's part of a fan-out; rows finished by it."""
     router = rt.router
+    schemas = pending.remote[dsn]
+    rows = pending.rows
     event_ids: dict[str, dict[int, int]] = {}
     timer = gevent.Timeout(REMOTE_TIMEOUT_SECS)
     timer.start()
     try:
         with router.on_dsn(dsn, "fanout_remote") as remote:
-            _write(router, remote, schemas, rows, event_ids)
+            written_before = _write(
+                router, remote, schemas, rows, event_ids, may_be_late=True
+            )
     except gevent.Timeout as exc:
         if exc is not timer:
             raise
@@ -126,15 +204,29 @@ def _fan_out_remote(
     users = _users(schemas)
     outbox_ids = [r.outbox_id for r in rows]
     try:
-        with router.on_dsn(conv_dsn, "fanout_progress") as cur:
-            cur.schema = conv_schema
+        with router.on_dsn(pending.conv_dsn, "fanout_progress") as cur:
+            cur.schema = pending.conv_schema
             event_store.mark_delivered(cur, rows[0].conversation_id, outbox_ids, users)
             finished = event_store.delete_delivered(cur, outbox_ids)
     except Unavailable:
         # Delivered but not recorded: a replay writes nothing twice.
         finished = 0
-    _delivered(rt, rows, set(users), event_ids)
+    _delivered(rt, rows, set(users), event_ids, written_before)
     return finished
+
+
+def _fan_out_remote_logged(rt: runtime.Runtime, pending: _Pending, dsn: str) -> None:
+    """_fan_out_remote behind a request's answer: nobody waits for its result,
+    so what it raises is logged here (the sweeper finishes the part)."""
+    try:
+        _fan_out_remote(rt, pending, dsn)
+    except Exception:  # noqa: BLE001 - the change is already durable
+        logger.warning(
+            "conversation %s: fan-out to %s deferred to the sweeper",
+            pending.rows[0].conversation_id,
+            rt.router.pools[dsn].label,
+            exc_info=True,
+        )
 
 
 def _users(schemas: dict[str, set[int]]) -> list[int]:
@@ -146,23 +238,34 @@ def _delivered(
     rows: list[OutboxRow],
     users: set[int],
     event_ids: dict[str, dict[int, int]],
+    written_before: Container[tuple[int, str]] = frozenset(),
 ) -> None:
     """Wake the users whose streams just got these rows' events, in outbox order
     (each member's ids ascend; a message's wake carries them: _wake_for_message),
-    and run the after-fan-out hooks (push) for them: each recipient once per row."""
+    and run the after-fan-out hooks (push) for them: each recipient once per row.
+
+    The pairs (user, origin) in written_before were written by another fan-out,
+    which ran the hooks for them: they are left out of the hooks here (a late
+    part must not push a message again). They are still woken: a wake costs
+    little, and the fan-out that wrote them may have been cut off before its own.
+    """
     for row in rows:
         woken = sorted(set(row.undelivered) & users)
         if row.message is not None:
             _wake_for_message(row.message, woken, event_ids)
         elif woken:
             rt.waker.wake_users(woken)
-    _after_fanout(
-        [
-            replace(row, recipients=mine)
-            for row in rows
-            if (mine := tuple(u for u in row.undelivered if u in users))
-        ]
-    )
+    hooked = []
+    for row in rows:
+        origin = event_store.origin_of(row)
+        mine = tuple(
+            u
+            for u in row.undelivered
+            if u in users and (u, origin) not in written_before
+        )
+        if mine:
+            hooked.append(replace(row, recipients=mine))
+    _after_fanout(hooked)
 
 
 @dataclass(frozen=True)
@@ -286,17 +389,37 @@ def _write(
     schemas: dict[str, set[int]],
     rows: list[OutboxRow],
     event_ids: dict[str, dict[int, int]],
-) -> None:
+    *,
+    may_be_late: bool = False,
+) -> set[tuple[int, str]]:
     """One database's part of the rows' fan-out; the messages' new event ids
-    are added to event_ids (origin → user → id)."""
+    are added to event_ids (origin → user → id). Returns the (user, origin)
+    pairs left out because they were written already.
+
+    may_be_late: the rows were read before this transaction, outside the
+    conversation's fan-out lock (another database's part), so a newer fan-out
+    of the conversation may have written them, and later rows, here already.
+    Each row then leaves out the users holding its event: written again, it
+    would undo the later rows (bring back an edit's older text, or the list
+    entry of a member removed since). One more round trip.
+    """
     batch = FanoutBatch(cur)
-    for schema in sorted(schemas):
-        batch.lock(schema, sorted(schemas[schema]))
+    applied: set[tuple[int, str]] = set()
+    if may_be_late:
+        applied = event_store.lock_and_find_applied(
+            cur,
+            {schema: sorted(users) for schema, users in schemas.items()},
+            [event_store.origin_of(row) for row in rows],
+        )
+    else:
+        for schema in sorted(schemas):
+            batch.lock(schema, sorted(schemas[schema]))
     for row in rows:
+        origin = event_store.origin_of(row)
         by_schema: dict[str, list[int]] = defaultdict(list)
         for user_id in row.undelivered:
             schema = router.schema_of(user_id)
-            if user_id in schemas.get(schema, ()):
+            if user_id in schemas.get(schema, ()) and (user_id, origin) not in applied:
                 by_schema[schema].append(user_id)
         for schema in sorted(by_schema):
             users = by_schema[schema]
@@ -325,6 +448,7 @@ def _write(
         batch.execute()
     for origin, ids in found.items():
         event_ids.setdefault(origin, {}).update(ids)
+    return applied
 
 
 def _after_fanout(rows: list[OutboxRow]) -> None:
@@ -337,27 +461,3 @@ def _after_fanout(rows: list[OutboxRow]) -> None:
             logger.exception(
                 "after-fanout hook %s failed", getattr(hook, "__name__", hook)
             )
-
-
-# A request whose change is committed waits at most this long for its fan-out
-# before it answers; the fan-out carries on behind it (the sweeper finishes
-# whatever it could not). A healthy fan-out takes milliseconds, so clients see
-# their own events at once; a hung database never holds the answer.
-FANOUT_WAIT_SECS = 1.0
-
-
-def fan_out_quietly(conversation_id: int) -> None:
-    """fan_out for request paths, after their commit: waits at most
-    FANOUT_WAIT_SECS for it; a failure is logged and the sweeper finishes it."""
-    gevent.spawn(_fan_out_logged, conversation_id).join(timeout=FANOUT_WAIT_SECS)
-
-
-def _fan_out_logged(conversation_id: int) -> None:
-    try:
-        fan_out(conversation_id)
-    except Exception:  # noqa: BLE001 - the change is already durable
-        logger.warning(
-            "conversation %s: fan-out deferred to the sweeper",
-            conversation_id,
-            exc_info=True,
-        )

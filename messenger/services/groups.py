@@ -115,7 +115,7 @@ def rename(actor_id: int, conversation_id: int, title: str) -> Conversation:
             )
             changed = True
     if changed:
-        fanout.fan_out_quietly(conversation_id)
+        fanout.start_fan_out(conversation_id)
     return conversations.get(actor_id, conversation_id)
 
 
@@ -161,7 +161,7 @@ def add_member(actor_id: int, conversation_id: int, user_id: int) -> Conversatio
     logger.info(
         "conversation %s: user %s added by %s", conversation_id, user_id, actor_id
     )
-    fanout.fan_out_quietly(conversation_id)
+    fanout.start_fan_out(conversation_id)
     return conversations.get(actor_id, conversation_id)
 
 
@@ -213,7 +213,7 @@ def remove_member(actor_id: int, conversation_id: int, user_id: int) -> None:
     logger.info(
         "conversation %s: user %s removed by %s", conversation_id, user_id, actor_id
     )
-    fanout.fan_out_quietly(conversation_id)
+    fanout.start_fan_out(conversation_id)
 
 
 def delete(actor_id: int, conversation_id: int) -> None:
@@ -229,7 +229,7 @@ def delete(actor_id: int, conversation_id: int) -> None:
     router = runtime.get().router
     # Finish deliveries in flight first, so messages acknowledged just before
     # the deletion reach the members before the conversation_deleted event.
-    fanout.fan_out_quietly(conversation_id)
+    fanout.start_fan_out(conversation_id)
     with router.on_conversation(conversation_id, "delete_group") as cur:
         group, members = _locked_group(cur, conversation_id, actor_id)
         if group.owner_id != actor_id:
@@ -245,4 +245,4 @@ def delete(actor_id: int, conversation_id: int) -> None:
             leave=everyone,
         )
     logger.info("conversation %s: deleted by %s", conversation_id, actor_id)
-    fanout.fan_out_quietly(conversation_id)
+    fanout.start_fan_out(conversation_id)

@@ -109,7 +109,7 @@ def send(
                 raise
             return existing, False
     if plan is None:
-        fanout.fan_out_quietly(conversation_id)
+        fanout.start_fan_out(conversation_id)
     else:
         fanout.after_commit(stored.message, stored.recipients, event_ids)
     return stored.message, True
@@ -179,7 +179,7 @@ def _change(
             )
     if changed is None:
         return locked.message, False
-    fanout.fan_out_quietly(conversation_id)
+    fanout.start_fan_out(conversation_id)
     return changed, True
 
 

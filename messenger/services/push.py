@@ -7,8 +7,12 @@ conversation are coalesced: the first schedules a batch due
 `push_coalesce_secs` later, the next ones join it, and the push worker
 (workers/pusher.py) turns the due batch into one job and one push per device.
 
-Queueing never fails a send: Redis trouble is logged and counted, and that push is
-lost (the message itself is durable and reaches the member's next poll).
+Queueing never fails a send and reads no database: Redis trouble is logged and
+counted, and that push is lost (the message itself is durable and reaches the
+member's next poll). What the member asked not to be pushed (a muted
+conversation, a blocked sender) is read on the member's shard when the job is
+delivered (`recipient`): at its latest, and where a database outage only delays
+the push (the worker retries) instead of losing it.
 """
 
 from __future__ import annotations
@@ -18,19 +22,22 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import redis
 
 from messenger import metrics, runtime
-from messenger.errors import Unavailable
-from messenger.models import Message
+from messenger.backoff import Backoff
+from messenger.models import Device, Message
 from messenger.realtime import keys
 from messenger.realtime.presence import PresenceBoard
 from messenger.services import presence
 from messenger.settings import Settings
 from messenger.storage import blocks as block_store
 from messenger.storage import conversations as conversation_store
+from messenger.storage import devices as device_store
 from messenger.storage.events import OutboxRow
 from messenger.views import message_json
 
@@ -100,7 +107,9 @@ def build_push(
 def enqueue(rows: list[OutboxRow]) -> int:
     """Queue pushes for the messages among rows (an after-fan-out hook).
 
-    Returns how many (member, conversation) batches were added to. Never raises.
+    Returns how many (member, conversation) batches were added to. Never raises:
+    while Redis is down the pushes are held in this process (`held`) and queued
+    once it answers again.
     """
     # (member, conversation) → (sender, push item) in seq order.
     items: dict[tuple[int, int], list[tuple[int, str]]] = defaultdict(list)
@@ -114,60 +123,138 @@ def enqueue(rows: list[OutboxRow]) -> int:
                 items[(user_id, row.conversation_id)].append((message.sender_id, item))
     if not items:
         return 0
-    rt = runtime.get()
-    if not rt.hub.redis_ok:
-        metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
-        logger.warning("push: Redis is down; %d pushes not queued", len(items))
+    if held or not runtime.get().hub.redis_ok:
+        # Behind what is held already, so each batch keeps its seq order.
+        held.hold(items)
         return 0
+    queued = _queue(items)
+    if queued is None:
+        held.hold(items)
+        return 0
+    return queued
+
+
+def _queue(items: dict[tuple[int, int], list[tuple[int, str]]]) -> int | None:
+    """Queue the batches whose member has devices and is not online; how many,
+    or None when Redis failed (nothing of it is then half-queued: one MULTI)."""
+    rt = runtime.get()
     try:
         users = sorted({user_id for user_id, _ in items})
         wanted = _with_devices(rt.redis, users)
         wanted -= is_online(wanted)
-        muted, blocked = _unwanted(
-            {key: items[key] for key in items if key[0] in wanted}
-        )
         batches = {
-            key: [item for sender, item in found if (key[0], sender) not in blocked]
+            key: [item for _, item in found]
             for key, found in items.items()
-            if key[0] in wanted and key not in muted
+            if key[0] in wanted
         }
-        targets = [key for key, found in batches.items() if found]
-        if targets:
-            _add(rt.redis, {b: batches[b] for b in targets}, rt.settings)
+        if batches:
+            _add(rt.redis, batches, rt.settings)
     except redis.RedisError as exc:
         metrics.REDIS_ERRORS.labels(op="push_enqueue").inc()
-        logger.warning("push: %d pushes not queued: %s", len(items), exc)
-        return 0
-    except Unavailable:
-        logger.warning("push: %d pushes not queued (database)", len(items))
-        return 0
-    metrics.PUSH_ENQUEUED.inc(len(targets))
-    return len(targets)
+        logger.warning("push: %d pushes not queued yet: %s", len(items), exc)
+        return None
+    metrics.PUSH_ENQUEUED.inc(len(batches))
+    return len(batches)
 
 
-def _unwanted(
-    items: dict[tuple[int, int], list[tuple[int, str]]],
-) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
-    """What the members asked not to be pushed, read on their shards: the
-    (member, conversation) pairs muted now, and the (member, sender) pairs where
-    the member blocked the sender (API.md).
+# Pushes held while Redis is down, per process, at most this many (member,
+# conversation) batches: past it the oldest are dropped (logged and counted),
+# as the queue itself drops past its bound.
+HELD_BATCHES_MAX = 10_000
+# How often the holder looks whether Redis is back.
+HELD_CHECK_SECS = 0.25
+
+
+class HeldPushes:
+    """Pushes that met Redis down, kept in order until it answers again, then
+    queued by a greenlet of their own (started with the first one held, ended
+    when none is left). A process that dies meanwhile loses them, as it would
+    lose a push it was about to queue; the messages themselves are durable."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        self._queuer: gevent.Greenlet | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def hold(self, items: dict[tuple[int, int], list[tuple[int, str]]]) -> None:
+        for key, found in items.items():
+            batch = self._items.setdefault(key, [])
+            batch.extend(found)
+            del batch[:-BATCH_MAX_MESSAGES]
+        dropped = 0
+        while len(self._items) > HELD_BATCHES_MAX:
+            del self._items[next(iter(self._items))]
+            dropped += 1
+        if dropped:
+            metrics.PUSH_DELIVERIES.labels(outcome="dropped").inc(dropped)
+            logger.warning("push: %d held batches dropped (Redis down)", dropped)
+        if self._queuer is None or self._queuer.dead:
+            self._queuer = gevent.spawn(self._queue_when_back)
+
+    def clear(self) -> None:
+        self._items.clear()
+        if self._queuer is not None:
+            self._queuer.kill(block=False)
+            self._queuer = None
+
+    def _queue_when_back(self) -> None:
+        retry = Backoff(HELD_CHECK_SECS, 5.0)
+        while self._items:
+            gevent.sleep(HELD_CHECK_SECS)
+            if not runtime.get().hub.redis_ok:
+                continue
+            items, self._items = self._items, {}
+            if _queue(items) is None:
+                # Back in front of whatever was held meanwhile, in order.
+                for key, found in self._items.items():
+                    items.setdefault(key, []).extend(found)
+                self._items = items
+                gevent.sleep(retry.failed())
+                continue
+            retry.reset()
+            logger.info("push: %d held batches queued", len(items))
+
+
+held = HeldPushes()
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Where a due push goes and what it still carries."""
+
+    devices: list[Device]
+    messages: list[dict[str, Any]]
+
+
+def recipient(
+    user_id: int,
+    conversation_id: int,
+    messages: list[dict[str, Any]],
+    device_id: int | None = None,
+) -> Recipient:
+    """A push job's recipient as of now, read on the user's shard in one
+    connection: the user's devices (only device_id's for a job retried for one
+    device), and the messages the user still wants pushed: none while the
+    conversation is muted, none from a sender the user blocked (API.md).
 
     Raises:
-        Unavailable: a database needed is down.
+        Unavailable: the user's shard is down (the worker retries the job).
     """
-    by_schema: dict[str, list[int]] = defaultdict(list)
-    for user_id in sorted({user_id for user_id, _ in items}):
-        by_schema[runtime.get().router.schema_of(user_id)].append(user_id)
-    conversation_ids = sorted({c for _, c in items})
-    senders = sorted({sender for found in items.values() for sender, _ in found})
-    muted: set[tuple[int, int]] = set()
-    blocked: set[tuple[int, int]] = set()
-    router = runtime.get().router
-    for user_ids in by_schema.values():
-        with router.on_user(user_ids[0], "push_wishes", transaction=False) as cur:
-            muted |= conversation_store.muted_among(cur, user_ids, conversation_ids)
-            blocked |= block_store.pairs_among(cur, user_ids, senders)
-    return muted, blocked
+    senders = sorted({int(m["sender_id"]) for m in messages})
+    with runtime.get().router.on_user(
+        user_id, "push_recipient", transaction=False
+    ) as cur:
+        found = device_store.of_user(cur, user_id)
+        if device_id is not None:
+            found = [d for d in found if d.device_id == device_id]
+        if not found:
+            return Recipient([], [])
+        if conversation_store.muted_among(cur, [user_id], [conversation_id]):
+            return Recipient(found, [])
+        blocked = {b for _, b in block_store.pairs_among(cur, [user_id], senders)}
+    return Recipient(found, [m for m in messages if int(m["sender_id"]) not in blocked])
 
 
 def _with_devices(client: redis.Redis, user_ids: list[int]) -> set[int]:

@@ -65,5 +65,5 @@ def mark(user_id: int, conversation_id: int, receipt: str, seq: int) -> bool:
                 },
             )
     if moved:
-        fanout.fan_out_quietly(conversation_id)
+        fanout.start_fan_out(conversation_id)
     return bool(moved)

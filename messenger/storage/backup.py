@@ -26,9 +26,14 @@ no common moment; what keeps the whole consistent is how writes cross databases:
 - The directory is snapshotted last: every user, conversation and device id in
   a shard was drawn from its global_ids sequence before, so the restored sequence
   never hands out an id twice. A user registered between the snapshots may miss
-  its user_state row on its shard; restore creates it (as registration would). A
-  direct pair claimed in the directory whose conversation is not on its shard yet
-  heals on the next "get or create" (services/conversations.py).
+  its user_state row on its shard; restore creates it (as registration would).
+- A direct conversation's pair lives on the shard of its lower user id, maybe
+  another database than the conversation's. The pair is claimed (and committed)
+  before the conversation is created, and creating it writes an outbox row in
+  the same transaction: so a conversation in any snapshot was committed before
+  the outbox locks were granted, its pair even earlier, and every snapshot has
+  the pair. A pair whose conversation missed the snapshots heals on the next
+  "get or create" (services/conversations.py), as after a crash.
 
 So a restore gives: each database exactly as at its snapshot, every acknowledged
 message of those snapshots, and events owed to other databases' members replayed

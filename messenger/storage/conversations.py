@@ -1,5 +1,6 @@
 """Conversations and members (conversation's shard), each user's list of them
-(user's shard), and the one direct conversation of each pair of users (directory)."""
+(user's shard), and the one direct conversation of each pair of users (shard of
+the pair's lower user id)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ ON CONFLICT DO NOTHING RETURNING conversation_id
 
 _FIND_PAIR = """
 SELECT conversation_id FROM {s}.direct_pairs WHERE user_lo = %s AND user_hi = %s
+"""
+
+_COPY_PAIRS = """
+INSERT INTO {s}.direct_pairs (user_lo, user_hi, conversation_id)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])
+ON CONFLICT DO NOTHING
 """
 
 _INSERT = """
@@ -125,7 +132,7 @@ LIMIT %(limit)s
 
 
 def find_direct_pair(cur: ShardCursor, user_lo: int, user_hi: int) -> int | None:
-    """The direct conversation of two users (directory), if it was claimed."""
+    """The direct conversation of two users (user_lo's shard), if it was claimed."""
     row = cur.run(_FIND_PAIR, (user_lo, user_hi)).fetchone()
     return None if row is None else int(row[0])
 
@@ -133,10 +140,25 @@ def find_direct_pair(cur: ShardCursor, user_lo: int, user_hi: int) -> int | None
 def claim_direct_pair(
     cur: ShardCursor, user_lo: int, user_hi: int, conversation_id: int
 ) -> bool:
-    """Record conversation_id as the pair's (directory); False when another
-    conversation holds the pair already."""
+    """Record conversation_id as the pair's (user_lo's shard); False when another
+    conversation holds the pair already.
+
+    A claim racing another for the same pair waits for it (the primary key) and
+    then loses; in the same READ COMMITTED transaction, find_direct_pair sees
+    the winner's conversation.
+    """
     row = cur.run(_CLAIM_PAIR, (user_lo, user_hi, conversation_id)).fetchone()
     return row is not None
+
+
+def copy_direct_pairs(cur: ShardCursor, pairs: list[tuple[int, int, int]]) -> int:
+    """Insert (user_lo, user_hi, conversation_id) rows, each on this cursor's
+    shard, keeping a pair already there; how many were new."""
+    if not pairs:
+        return 0
+    los, his, conversation_ids = (list(column) for column in zip(*pairs, strict=True))
+    cur.run(_COPY_PAIRS, (los, his, conversation_ids))
+    return cur.rowcount
 
 
 def insert(

@@ -26,6 +26,12 @@ _LOCK_STATES = """
 SELECT 1 FROM {s}.user_state WHERE user_id = ANY(%(u)s) ORDER BY user_id FOR UPDATE;
 """
 
+# Which of these users already hold an event of these origins (outbox rows).
+_APPLIED = """
+SELECT user_id, origin FROM {s}.events
+WHERE user_id = ANY(%(u)s) AND origin = ANY(%(o)s)
+"""
+
 # A message's fan-out on one shard: sql/shard/0004_fanout_function.sql (a
 # function, so its plans are cached per connection). It locks the recipients'
 # counters in user-id order itself.
@@ -344,7 +350,7 @@ class FanoutBatch:
             "u": list(user_ids),
             "c": conversation_id,
             "type": event_type,
-            "origin": f"o:{conversation_id}:{outbox_id}",
+            "origin": outbox_origin(conversation_id, outbox_id),
             "payload": json.dumps(fields, separators=(",", ":")),
         }
         self._add(_FANOUT_EVENT, schema, params)
@@ -368,6 +374,48 @@ class FanoutBatch:
 def message_origin(message: Message) -> str:
     """The origin of a message's events (their idempotency key)."""
     return f"m:{message.conversation_id}:{message.seq}"
+
+
+def outbox_origin(conversation_id: int, outbox_id: int) -> str:
+    """The origin of a non-message outbox row's events (their idempotency key)."""
+    return f"o:{conversation_id}:{outbox_id}"
+
+
+def origin_of(row: OutboxRow) -> str:
+    """The origin of the events an outbox row fans out."""
+    if row.message is not None:
+        return message_origin(row.message)
+    return outbox_origin(row.conversation_id, row.outbox_id)
+
+
+def lock_and_find_applied(
+    cur: ShardCursor,
+    users_by_schema: dict[str, Sequence[int]],
+    origins: Sequence[str],
+) -> set[tuple[int, str]]:
+    """Lock the users' event counters (schemas in sorted order, users in id
+    order: the fan-out's lock order) and return the (user, origin) pairs among
+    them whose event is already stored, in one round trip.
+
+    Under those locks, a pair is stored exactly when that outbox row's writes
+    for that user are done (a fan-out writes each user's part in one
+    transaction), which the counters' lock then keeps true.
+    """
+    locks, finds = [], []
+    for schema in sorted(users_by_schema):
+        users = sorted(users_by_schema[schema])
+        locks.append(cur.mogrify(_LOCK_STATES.format(s=schema), {"u": users}))
+        finds.append(
+            cur.mogrify(
+                _APPLIED.format(s=schema), {"u": users, "o": list(origins)}
+            ).strip()
+        )
+    if not locks:
+        return set()
+    cur.execute(
+        b"\n".join(locks) + b"\n" + b" UNION ALL ".join(b"(" + f + b")" for f in finds)
+    )
+    return {(int(user_id), str(origin)) for user_id, origin in cur.fetchall()}
 
 
 @contextmanager

@@ -3,21 +3,32 @@
 The copy is PostgreSQL's logical replication of the shard's tables: a
 publication and a slot on the source, a subscription on the target (made with
 `create_slot = false`, so source and target may share one server). The cut-over
-is a write fence on that shard only:
+is a write fence on that shard only, and holds nothing that grows with the shard:
 
 1. freeze the shard in the map (requests touching it answer 503) and wait until
    every live worker routes by that epoch;
 2. fence the source: a statement trigger on each of its tables raises, so a
    process still routing by an old map fails instead of writing;
 3. write a marker through the fence and wait for it on the target (replication
-   applies in commit order: everything before it has arrived);
-4. move the sequences past the source's values, check row counts and checksums
-   per table, end the replication;
-5. switch the map to the target and unfreeze, in one epoch.
+   applies in commit order: everything before it has arrived), then move the
+   sequences past the source's values;
+4. open a REPEATABLE READ transaction on the target: its snapshot is the
+   cut-over state (nothing can change the source any more, and nothing writes
+   to the target before the switch);
+5. switch the map to the target and unfreeze, in one epoch: the fence ends.
+
+Then, with the shard serving from the target: compare row counts and checksums
+per table between the fenced source and the target *as of that snapshot*
+(writes since the switch are invisible to it), and end the replication.
 
 Each step is recorded in `directory.shard_moves` once done, so a crashed move
-resumes from there (run the same command again) or rolls back (`abort_move`).
-The old copy stays, fenced, until `drop_moved_shard`.
+resumes from there (run the same command again) or, before the switch, rolls
+back (`abort_move`). After the switch there is nothing to roll back: the shard
+takes writes in the target. A copy that differs from the source, or that cannot
+be checked any more (the run holding the snapshot died), leaves the move open as
+`unverified`, the error naming the tables: the old copy stays fenced for
+comparison (drop_moved_shards keeps it) until `abort_move` closes the move.
+The old copy of a moved shard stays, fenced, until `drop_moved_shards`.
 """
 
 from __future__ import annotations
@@ -42,7 +53,9 @@ Say = Callable[[str], None]
 # Called with each step's name once it is recorded (tests crash a move there).
 OnStep = Callable[[str], None]
 
-# The steps of a move, in order; shard_moves.step holds the last one done.
+# The steps of a move, in order; shard_moves.step holds the last one done. A
+# verified move's row is deleted; "unverified" is a switched move whose check
+# failed or was lost (see the module docstring).
 STEPS = (
     "preflight",
     "target_migrated",
@@ -51,7 +64,8 @@ STEPS = (
     "frozen",
     "fenced",
     "caught_up",
-    "verified",
+    "switched",
+    "unverified",
 )
 # Not part of the data: each copy has its own.
 SKIPPED_TABLES = frozenset({"schema_migrations"})
@@ -85,7 +99,10 @@ class MoveResult:
     rows: int = 0
     copy_bytes: int = 0
     copy_secs: float = 0.0
+    # From the freeze to the switch: what requests to the shard waited.
     fence_secs: float = 0.0
+    # The row counts and checksums, after the switch (no request waits on them).
+    verify_secs: float = 0.0
     tables: dict[str, TableCheck] = field(default_factory=dict)
 
 
@@ -411,36 +428,87 @@ def _move_sequences(router: Router, move: Move) -> None:
             )
 
 
-def table_checks(router: Router, dsn: str, shard: int) -> dict[str, TableCheck]:
+def _checks(cur: psycopg2.extensions.cursor, schema: str) -> dict[str, TableCheck]:
     """Row count and an order-independent checksum of each table of a shard."""
-    schema = schema_name(shard)
     checks: dict[str, TableCheck] = {}
-    with router.on_dsn(dsn, "move_verify", transaction=False) as cur:
-        for table in _tables(cur, schema):
-            if table == "move_markers":
-                continue
-            cur.execute(
-                sql.SQL(
-                    "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 16))"
-                    "::bit(64)::bigint), 0)::text FROM {} AS t"
-                ).format(sql.Identifier(schema, table))
-            )
-            rows, checksum = cur.fetchone()
-            checks[table] = TableCheck(int(rows), str(checksum))
+    for table in _tables(cur, schema):
+        if table == "move_markers":
+            continue
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 16))"
+                "::bit(64)::bigint), 0)::text FROM {} AS t"
+            ).format(sql.Identifier(schema, table))
+        )
+        rows, checksum = cur.fetchone()
+        checks[table] = TableCheck(int(rows), str(checksum))
     return checks
 
 
-def _verify(router: Router, move: Move, result: MoveResult) -> None:
-    source = table_checks(router, _dsn(router, move.source), move.shard)
-    target = table_checks(router, _dsn(router, move.target), move.shard)
-    differ = sorted(t for t in source if source[t] != target.get(t))
-    if differ:
-        raise MoveError(
-            f"Shard {move.shard}'s copy differs from the source in "
-            f"{', '.join(differ)}; abort the move (`--abort`)."
+class CutoverState:
+    """A REPEATABLE READ transaction on the move's target, opened after the
+    catch-up and before the switch: what it reads is the shard at the cut-over,
+    whatever the target takes after the switch. Read-only; its own connection,
+    with no statement timeout (the checksums read the whole shard)."""
+
+    def __init__(self, router: Router, move: Move) -> None:
+        self.conn = _autocommit(router, _dsn(router, move.target))
+        try:
+            self.conn.autocommit = False
+            self.conn.set_session(
+                isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+                readonly=True,
+            )
+            with self.conn.cursor() as cur:
+                # The transaction's first statement takes its snapshot; exported,
+                # an operator can read the same state while the check runs.
+                cur.execute("SELECT pg_export_snapshot()")
+                logger.info(
+                    "move of shard %s: the cut-over state is snapshot %s in %s",
+                    move.shard,
+                    cur.fetchone()[0],
+                    move.target,
+                )
+                cur.execute("SET LOCAL statement_timeout = 0")
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def checks(self, shard: int) -> dict[str, TableCheck]:
+        with self.conn.cursor() as cur:
+            return _checks(cur, schema_name(shard))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _source_checks(router: Router, move: Move) -> dict[str, TableCheck]:
+    """The fenced source's checks (nothing writes there any more), in one
+    snapshot too, with no statement timeout."""
+    conn = _autocommit(router, _dsn(router, move.source))
+    try:
+        conn.autocommit = False
+        conn.set_session(
+            isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+            readonly=True,
         )
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL statement_timeout = 0")
+            return _checks(cur, schema_name(move.shard))
+    finally:
+        conn.close()
+
+
+def _verify(
+    router: Router, move: Move, cutover: CutoverState, result: MoveResult
+) -> list[str]:
+    """Compare the source with the target at the cut-over; the tables that differ."""
+    source = _source_checks(router, move)
+    target = cutover.checks(move.shard)
     result.tables = source
     result.rows = sum(c.rows for c in source.values())
+    return sorted(t for t in source.keys() | target.keys()
+                  if source.get(t) != target.get(t))  # fmt: skip
 
 
 def _end_replication(router: Router, move: Move) -> None:
@@ -482,7 +550,9 @@ def _end_replication(router: Router, move: Move) -> None:
         time.sleep(0.1)
 
 
-def _switch(router: Router, move: Move) -> int:
+def _switch(router: Router, move: Move) -> tuple[Move, int]:
+    """The map puts the shard in the target, unfrozen, and the move is
+    recorded as switched, in one directory transaction; the epoch."""
     with router.directory("move_switch") as cur:
         epoch = shardmap.set_shard(cur, move.shard, database=move.target, state=ACTIVE)
         cur.execute(
@@ -490,8 +560,37 @@ def _switch(router: Router, move: Move) -> int:
             "ON CONFLICT DO NOTHING",
             (move.shard, move.source),
         )
+        cur.execute(
+            "UPDATE directory.shard_moves SET step = 'switched', updated_at = now() "
+            "WHERE shard = %s",
+            (move.shard,),
+        )
+    return Move(move.shard, move.source, move.target, "switched"), epoch
+
+
+def _close(router: Router, move: Move) -> None:
+    with router.directory("move_close") as cur:
         cur.execute("DELETE FROM directory.shard_moves WHERE shard = %s", (move.shard,))
-    return epoch
+
+
+# Why a switched move is unverified (MoveError's message, with _unverified).
+CHECK_LOST = (
+    "the run that switched it ended before checking the copy, and the cut-over "
+    "state the check reads ended with it"
+)
+CHECK_FAILED_BEFORE = (
+    "its copy could not be verified (see the error of the run that switched it)"
+)
+
+
+def _unverified(move: Move, why: str) -> str:
+    """The error of a switched move whose copy differs or cannot be checked."""
+    return (
+        f"Shard {move.shard} serves from {move.target} since the switch, but "
+        f"{why}. Its old copy stays fenced in {move.source} to compare with; "
+        f"`messenger move-shard {move.shard} --abort` then closes the move "
+        f"(the shard stays in {move.target})."
+    )
 
 
 def move_shard(
@@ -505,14 +604,21 @@ def move_shard(
     """Move a logical shard to database `target` online; resumes a crashed move.
 
     Requests touching other shards never wait; those touching this shard answer
-    503 (Retry-After) during the fence, which lasts about a second.
+    503 (Retry-After) during the fence, which lasts about a second whatever the
+    shard's size: the copy is verified after the switch, against the target's
+    state at the cut-over.
 
     Raises:
         MoveError: a step cannot go on (the message says whether to resume or
-            abort); the move's state stays recorded.
+            abort); the move's state stays recorded. After the switch: the
+            copy differed from the source at the cut-over, or could not be
+            checked any more; the shard serves from the target and the move
+            stays open as `unverified`.
     """
     move = preflight(router, shard, target)
     result = MoveResult(shard, move.source, move.target)
+    if move.done("unverified"):
+        raise MoveError(_unverified(move, CHECK_FAILED_BEFORE))
     if move.step != "preflight":
         say(f"move-shard {shard}: resuming after step {move.step}")
     else:
@@ -528,49 +634,89 @@ def move_shard(
     if not move.done("copied"):
         _wait_copied(router, move, say, result)
         move = _record(router, move, "copied", on_step)
-    fence_started = time.monotonic()
-    if not move.done("frozen"):
-        epoch = _set_state(router, shard, move.source, FROZEN)
-        lagging = wait_for_followers(router, epoch, FREEZE_WAIT_SECS)
-        if lagging:
+    cutover: CutoverState | None = None
+    if not move.done("switched"):
+        fence_started = time.monotonic()
+        if not move.done("frozen"):
+            epoch = _set_state(router, shard, move.source, FROZEN)
+            lagging = wait_for_followers(router, epoch, FREEZE_WAIT_SECS)
+            if lagging:
+                say(
+                    f"move-shard {shard}: {len(lagging)} worker(s) did not confirm "
+                    "the freeze; the fence stops them from writing"
+                )
+            move = _record(router, move, "frozen", on_step)
+        if not move.done("fenced"):
+            _fence(router, move, on=True)
+            move = _record(router, move, "fenced", on_step)
+        if not move.done("caught_up"):
+            _catch_up(router, move)
+            _move_sequences(router, move)
+            move = _record(router, move, "caught_up", on_step)
+        cutover = CutoverState(router, move)
+    differ: list[str] | None = None  # None: not checked
+    try:
+        if cutover is not None:
+            move, epoch = _switch(router, move)
+            result.fence_secs = time.monotonic() - fence_started
+            router.load_map()
             say(
-                f"move-shard {shard}: {len(lagging)} worker(s) did not confirm the "
-                "freeze; the fence stops them from writing"
+                f"move-shard {shard}: now in {target} (epoch {epoch}); writes were "
+                f"fenced for {result.fence_secs:.2f} s; verifying the copy as of "
+                "the cut-over"
             )
-        move = _record(router, move, "frozen", on_step)
-    if not move.done("fenced"):
-        _fence(router, move, on=True)
-        move = _record(router, move, "fenced", on_step)
-    if not move.done("caught_up"):
-        _catch_up(router, move)
-        _move_sequences(router, move)
-        move = _record(router, move, "caught_up", on_step)
-    if not move.done("verified"):
-        _verify(router, move, result)
-        _end_replication(router, move)
-        move = _record(router, move, "verified", on_step)
-    epoch = _switch(router, move)
-    result.fence_secs = time.monotonic() - fence_started
-    router.load_map()
-    lagging = wait_for_followers(router, epoch, FREEZE_WAIT_SECS)
+            if on_step is not None:
+                on_step("switched")
+            verify_started = time.monotonic()
+            differ = _verify(router, move, cutover, result)
+            result.verify_secs = time.monotonic() - verify_started
+    finally:
+        if cutover is not None:
+            cutover.close()
+    _end_replication(router, move)
+    if differ is None or differ:
+        _record(router, move, "unverified", on_step)
+        raise MoveError(
+            _unverified(
+                move,
+                CHECK_LOST
+                if differ is None
+                else f"its copy in {move.target} differed from the source at the "
+                f"cut-over in {', '.join(differ)}",
+            )
+        )
+    _close(router, move)
     say(
-        f"move-shard {shard}: now in {target} (epoch {epoch}); writes were fenced "
-        f"for {result.fence_secs:.2f} s"
-        + (f"; {len(lagging)} worker(s) not yet at the new epoch" if lagging else "")
+        f"move-shard {shard}: verified {len(result.tables)} tables, {result.rows} "
+        f"rows in {result.verify_secs:.2f} s (counts and checksums equal at the "
+        "cut-over)"
     )
+    lagging = wait_for_followers(router, router.shard_map.epoch, FREEZE_WAIT_SECS)
+    if lagging:
+        say(f"move-shard {shard}: {len(lagging)} worker(s) not yet at the new epoch")
     if on_step is not None:
-        on_step("switched")
+        on_step("verified")
     return result
 
 
 def abort_move(router: Router, shard: int, *, say: Say = _say_nothing) -> bool:
     """Roll back a move that has not switched: end the replication, unfence the
-    source, unfreeze the shard there and drop the target's copy. False if no
-    move of the shard is under way."""
+    source, unfreeze the shard there and drop the target's copy. A switched move
+    (unverified, or whose run died before its check) is only closed: the shard
+    stays in the target, which takes its writes, and the old copy stays fenced
+    until drop_moved_shards. False if no move of the shard is under way."""
     move = current_move(router, shard)
     if move is None:
         return False
     _end_replication(router, move)
+    if move.done("switched"):
+        _close(router, move)
+        say(
+            f"move-shard {shard}: closed the move without its check; the shard "
+            f"stays in {move.target}, its old copy fenced in {move.source} until "
+            "`messenger drop-moved-shard`"
+        )
+        return True
     _fence(router, move, on=False)
     router.load_map()
     if router.shard_map.is_frozen(shard):
@@ -598,9 +744,18 @@ def drop_moved_shards(
             "SELECT shard, database FROM directory.shard_leftovers ORDER BY shard"
         )
         leftovers = [(int(r[0]), str(r[1])) for r in cur.fetchall()]
+        cur.execute("SELECT shard FROM directory.shard_moves")
+        moving = {int(r[0]) for r in cur.fetchall()}
     dropped = []
     for left_shard, database in leftovers:
         if shard is not None and left_shard != shard:
+            continue
+        if left_shard in moving:
+            # An unverified move's old copy is what its copy is compared with.
+            say(
+                f"drop-moved-shard: keeping {schema_name(left_shard)} in "
+                f"{database}: its move is still open (finish or --abort it first)"
+            )
             continue
         dsn = _dsn(router, database)
         if router.shard_map.dsn_of_shard(left_shard) == dsn:

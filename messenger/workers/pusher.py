@@ -29,8 +29,7 @@ from messenger.models import Device
 from messenger.realtime import keys
 from messenger.realtime.connections import blocking_client
 from messenger.runtime import Runtime
-from messenger.services import devices
-from messenger.services.push import build_push
+from messenger.services import devices, push
 from messenger.services.push_providers import DeliveryResult, providers
 from messenger.settings import Settings
 from messenger.workers.push_queue import Job, PushQueue, retry_delay_secs
@@ -180,7 +179,9 @@ class Pusher:
 
     def _deliver_to_devices(self, raw: bytes, job: Job) -> None:
         try:
-            targets = self._devices(job)
+            wanted = push.recipient(
+                job.user_id, job.conversation_id, job.messages, job.device_id
+            )
         except Unavailable:
             # Not the device's fault: wait for the shard without spending an attempt.
             logger.warning(
@@ -190,15 +191,21 @@ class Pusher:
             )
             self._finish(raw, retries=[(job.to_json(), time.time() + DB_RETRY_SECS)])
             return
+        targets = wanted.devices
         if not targets:
             metrics.PUSH_DELIVERIES.labels(outcome="no_device").inc()
             self._finish(raw)
             return
-        push = build_push(job.user_id, job.conversation_id, job.messages)
+        if not wanted.messages:
+            # Muted now, or every sender in it blocked since (API.md).
+            metrics.PUSH_DELIVERIES.labels(outcome="unwanted").inc()
+            self._finish(raw)
+            return
+        body = push.build_push(job.user_id, job.conversation_id, wanted.messages)
         retries: list[tuple[str, float]] = []
         dead: list[str] = []
         pool = gevent.pool.Pool(DEVICES_AT_ONCE)
-        results = pool.imap(lambda device: (device, self._send(device, push)), targets)
+        results = pool.imap(lambda device: (device, self._send(device, body)), targets)
         for device, result in results:
             if result is None:  # its host is at its cap: wait, no attempt spent
                 later = replace(job, device_id=device.device_id)
@@ -259,13 +266,7 @@ class Pusher:
         )
         return "dead"
 
-    def _devices(self, job: Job) -> list[Device]:
-        found = devices.list_devices(job.user_id)
-        if job.device_id is not None:
-            found = [d for d in found if d.device_id == job.device_id]
-        return found
-
-    def _send(self, device: Device, push: dict[str, Any]) -> DeliveryResult | None:
+    def _send(self, device: Device, body: dict[str, Any]) -> DeliveryResult | None:
         """Deliver to one device; None when its host is at HOST_DELIVERIES_MAX."""
         provider = self.providers.get(device.kind)
         if provider is None:
@@ -275,7 +276,7 @@ class Pusher:
             return None
         self._host_deliveries[host] += 1
         try:
-            return provider.deliver(device, push)
+            return provider.deliver(device, body)
         finally:
             self._host_deliveries[host] -= 1
             if self._host_deliveries[host] <= 0:

@@ -147,25 +147,37 @@ def trim_once(
     touched = deleted = 0
     for dsn, shards in router.shard_map.shards_by_dsn().items():
         for shard in shards:
-            for _ in range(TRIM_MAX_BATCHES_PER_SHARD):
-                if time.monotonic() > deadline:
-                    logger.warning(
-                        "trim: stopped after %.0f s (%d events deleted); the next "
-                        "pass goes on",
-                        time_budget_secs,
-                        deleted,
-                    )
-                    return touched
-                with router.on_dsn(dsn, "trim_events") as cur:
-                    if not event_store.try_lock(cur, _TRIM_LOCK_KEY):
-                        break  # another worker trims this database now
-                    cur.schema = schema_name(shard)
-                    batch = event_store.trim_batch(cur, cutoff, batch_rows)
-                touched += batch.users_touched
-                deleted += batch.events_deleted
-                if batch.events_deleted < batch_rows:
-                    break
-                gevent.sleep(0)  # let requests in between batches
+            try:
+                for _ in range(TRIM_MAX_BATCHES_PER_SHARD):
+                    if time.monotonic() > deadline:
+                        logger.warning(
+                            "trim: stopped after %.0f s (%d events deleted); the "
+                            "next pass goes on",
+                            time_budget_secs,
+                            deleted,
+                        )
+                        return touched
+                    with router.on_dsn(dsn, "trim_events") as cur:
+                        if not event_store.try_lock(cur, _TRIM_LOCK_KEY):
+                            break  # another worker trims this database now
+                        cur.schema = schema_name(shard)
+                        batch = event_store.trim_batch(cur, cutoff, batch_rows)
+                    touched += batch.users_touched
+                    deleted += batch.events_deleted
+                    if batch.events_deleted < batch_rows:
+                        break
+                    gevent.sleep(0)  # let requests in between batches
+            except Unavailable as exc:
+                # One server down must not stop the others' trim (the next
+                # pass does its share); committed batches stay done.
+                logger.warning(
+                    "trim: %s skipped (%s); the next pass goes on",
+                    router.pools[dsn].label,
+                    exc.message,
+                )
+                if progress is not None:
+                    progress(f"trim: {router.pools[dsn].label} unavailable, skipped")
+                break
             if progress is not None:
                 progress(
                     f"trim: shard {shard} done ({deleted} events of {touched} "

@@ -8,7 +8,6 @@ import gevent
 import pytest
 
 from messenger import runtime
-from messenger.realtime import keys
 from messenger.services import blocks
 from tests.conftest import settle_presence, wait_until_held
 
@@ -170,24 +169,6 @@ def test_the_blocked_user_gets_no_typing_of_the_blocker(
     client.post(f"/v1/conversations/{group}/typing", headers=bob.headers)
     events = waiting.get(timeout=6)["events"]
     assert [e["user_id"] for e in events if e["type"] == "typing"] == [bob.id]
-
-
-def test_the_blocker_gets_no_push_for_the_blocked_users_messages(
-    client: Any, make_user: Any, chat: Any, redis: Any
-) -> None:
-    alice, bob, carol = make_user(), make_user(), make_user()
-    r = client.post(
-        "/v1/devices",
-        headers=alice.headers,
-        json={"kind": "webhook", "url": "http://127.0.0.1:9/alice"},
-    )
-    assert r.status_code == 201
-    group = chat.group(carol, [alice, bob])
-    block(client, alice, bob.id)
-    chat.send(bob, group, "from bob")
-    chat.send(carol, group, "from carol")
-    pending = redis.lrange(keys.push_pending(alice.id, group), 0, -1)
-    assert [b'"from carol"' in p for p in pending] == [True]
 
 
 @pytest.mark.parametrize("q", ["exact", "prefix"])

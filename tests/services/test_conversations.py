@@ -1,5 +1,6 @@
 """Direct and group conversations, listing, and what non-members see."""
 
+import secrets
 from typing import Any
 
 import gevent
@@ -190,3 +191,108 @@ def test_conversation_list_page_stops_at_its_member_budget(
         if cursor is None:
             break
     assert seen == made[::-1]
+
+
+def test_opening_an_existing_direct_conversation_reads_no_directory(
+    client: Any, make_user: Any, chat: Any, shards: Any, monkeypatch: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    conversation_id = chat.direct(alice, bob)
+    # Directory transactions this greenlet (the test client's request) opens; the
+    # app's own background greenlets (map follower, sweeper) are not counted.
+    opened: list[str] = []
+    directory = shards.directory
+    me = gevent.getcurrent()
+
+    def spy(name: str, **kwargs: Any) -> Any:
+        if gevent.getcurrent() is me:
+            opened.append(name)
+        return directory(name, **kwargs)
+
+    monkeypatch.setattr(shards, "directory", spy)
+    r = client.post(
+        "/v1/conversations",
+        headers=bob.headers,
+        json={"kind": "direct", "user_id": alice.id},
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["conversation"]["id"] == conversation_id
+    assert opened == []
+    # A new pair still draws its conversation id from the directory.
+    carol = make_user()
+    r = client.post(
+        "/v1/conversations",
+        headers=carol.headers,
+        json={"kind": "direct", "user_id": alice.id},
+    )
+    assert r.status_code == 201, r.get_json()
+    assert "allocate_conversation_id" in opened
+
+
+def test_a_direct_pair_lives_on_the_shard_of_the_lower_user_id(
+    make_user: Any, chat: Any, shards: Any
+) -> None:
+    from messenger.storage import conversations as store
+
+    alice, bob = make_user(), make_user()
+    while shards.shard_of(bob.id) == shards.shard_of(alice.id):
+        bob = make_user()
+    conversation_id = chat.direct(bob, alice)
+    lo, hi = sorted((alice.id, bob.id))
+    with shards.on_user(lo, "test_pair", transaction=False) as cur:
+        assert store.find_direct_pair(cur, lo, hi) == conversation_id
+    with shards.on_user(hi, "test_pair", transaction=False) as cur:
+        assert store.find_direct_pair(cur, lo, hi) is None
+    with shards.directory("test_pair", transaction=False) as cur:
+        cur.execute("SELECT to_regclass('directory.direct_pairs')")
+        assert cur.fetchone()[0] is None
+
+
+def test_concurrent_claims_of_a_pair_on_its_shard_agree(shards: Any) -> None:
+    from messenger.storage import conversations as store
+
+    # Ids of no user: the claim itself is what races here.
+    lo = 9_100_000_000_000 + secrets.randbelow(10**9)
+    hi = lo + 1
+
+    def claim(conversation_id: int) -> tuple[bool, int | None]:
+        with shards.on_user(lo, "test_claim_second") as cur:
+            won = store.claim_direct_pair(cur, lo, hi, conversation_id)
+            return won, store.find_direct_pair(cur, lo, hi)
+
+    try:
+        with shards.on_user(lo, "test_claim_first") as cur:
+            assert store.claim_direct_pair(cur, lo, hi, 111)
+            second = gevent.spawn(claim, 222)
+            gevent.sleep(0.3)
+            # It waits for the first claim's uncommitted key.
+            assert not second.ready()
+        assert second.get(timeout=10) == (False, 111)
+    finally:
+        with shards.on_user(lo, "test_claim_clean") as cur:
+            cur.run("DELETE FROM {s}.direct_pairs WHERE user_lo = %s", (lo,))
+
+
+def test_a_pair_claimed_before_a_crash_heals_on_the_next_call(
+    client: Any, make_user: Any, shards: Any
+) -> None:
+    from messenger.storage import conversations as store
+    from messenger.storage import users as user_store
+
+    alice, bob = make_user(), make_user()
+    lo, hi = sorted((alice.id, bob.id))
+    # What a process that died between the claim and the creation left.
+    with shards.directory("test_allocate", transaction=False) as cur:
+        claimed = user_store.next_id(cur)
+    with shards.on_user(lo, "test_claim") as cur:
+        assert store.claim_direct_pair(cur, lo, hi, claimed)
+    for caller, peer in ((alice, bob), (bob, alice)):
+        r = client.post(
+            "/v1/conversations",
+            headers=caller.headers,
+            json={"kind": "direct", "user_id": peer.id},
+        )
+        assert r.status_code == 200, r.get_json()
+        conv = r.get_json()["conversation"]
+        assert conv["id"] == claimed
+        assert sorted(m["user_id"] for m in conv["members"]) == [lo, hi]

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from messenger.realtime import keys
 from tests.conftest import stored_events
 
 
@@ -82,23 +81,6 @@ def test_settings_of_a_conversation_not_mine_are_404(
     alice, bob, eve = make_user(), make_user(), make_user()
     cid = chat.direct(alice, bob)
     assert patch_me(client, eve, cid, {"archived": True}).status_code == 404
-
-
-def test_a_muted_conversation_gets_no_push(
-    client: Any, make_user: Any, chat: Any, redis: Any
-) -> None:
-    alice, bob = make_user(), make_user()
-    add_device(client, bob)
-    quiet, loud = chat.direct(alice, bob), chat.group(alice, [bob])
-    patch_me(client, bob, quiet, {"muted_until": "forever"})
-    chat.send(alice, quiet, "muted")
-    chat.send(alice, loud, "heard")
-    assert redis.llen(keys.push_pending(bob.id, quiet)) == 0
-    assert redis.llen(keys.push_pending(bob.id, loud)) == 1
-    # Unmuted, pushes come back.
-    patch_me(client, bob, quiet, {"muted_until": None})
-    chat.send(alice, quiet, "heard again")
-    assert redis.llen(keys.push_pending(bob.id, quiet)) == 1
 
 
 def test_archive_hides_until_someone_else_writes(

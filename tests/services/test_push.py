@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ from gevent.pywsgi import WSGIServer
 
 from messenger import runtime
 from messenger.embedded import free_port
+from messenger.models import Message
 from messenger.realtime import keys
 from messenger.services import presence, push
 from messenger.services.push_providers import SIGNATURE_HEADER, sign, verify
+from messenger.storage.events import OutboxRow
 from messenger.workers.push_queue import Job
 from messenger.workers.push_queue import retry_delay_secs as backoff_secs
 from messenger.workers.pusher import Pusher
@@ -233,6 +236,106 @@ def test_online_member_gets_no_push(
     assert receiver.requests == []
 
 
+def test_a_muted_conversation_gets_no_push(
+    client: Any, make_user: Any, chat: Any, receiver: Receiver, make_pusher: Any
+) -> None:
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url("/bob"))
+    quiet, loud = chat.direct(alice, bob), chat.group(alice, [bob])
+    mute(client, bob, quiet, "forever")
+    chat.send(alice, quiet, "muted")
+    chat.send(alice, loud, "heard")
+    run_due(make_pusher())
+    assert [got.json["conversation_id"] for got in receiver.to("/bob")] == [loud]
+    # Unmuted, pushes come back.
+    mute(client, bob, quiet, None)
+    chat.send(alice, quiet, "heard again")
+    run_due(make_pusher())
+    assert [got.json["conversation_id"] for got in receiver.to("/bob")] == [
+        loud,
+        quiet,
+    ]
+
+
+def test_muting_before_the_push_goes_out_stops_it(
+    client: Any, make_user: Any, chat: Any, receiver: Receiver, make_pusher: Any
+) -> None:
+    # Muted within the coalescing window after the message: the member asked
+    # for quiet before anything was pushed.
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url("/bob"))
+    cid = chat.direct(alice, bob)
+    chat.send(alice, cid, "sent before the mute")
+    mute(client, bob, cid, "forever")
+    assert run_due(make_pusher()) == 1
+    assert receiver.to("/bob") == []
+
+
+def test_the_blocker_gets_no_push_for_the_blocked_users_messages(
+    client: Any, make_user: Any, chat: Any, receiver: Receiver, make_pusher: Any
+) -> None:
+    alice, bob, carol = make_user(), make_user(), make_user()
+    add_device(client, alice, receiver.url("/alice"))
+    group = chat.group(carol, [alice, bob])
+    assert client.put(f"/v1/blocks/{bob.id}", headers=alice.headers).status_code == 204
+    chat.send(bob, group, "from bob")
+    sent = chat.send(carol, group, "from carol")
+    run_due(make_pusher())
+    [got] = receiver.to("/alice")
+    assert got.json["messages"] == [sent]
+    assert got.json["count"] == 1 and got.json["sender_id"] == carol.id
+    # Only the blocked sender's messages: no push at all.
+    chat.send(bob, group, "from bob again")
+    run_due(make_pusher())
+    assert len(receiver.to("/alice")) == 1
+
+
+def test_pushes_are_queued_while_the_databases_are_down(
+    client: Any, make_user: Any, chat: Any, receiver: Receiver, make_pusher: Any
+) -> None:
+    # Queueing read the members' mute and block settings on their shards: a
+    # message committed just before PostgreSQL went away lost its push. Now the
+    # queue needs Redis only, and delivery waits for the shard.
+    alice, bob = make_user(), make_user()
+    add_device(client, bob, receiver.url("/bob"))
+    cid = chat.direct(alice, bob)
+    sent = chat.send(alice, cid, "stored before the outage")
+    pusher = make_pusher()
+    run_due(pusher)
+    assert len(receiver.to("/bob")) == 1  # the send's own push
+    message = Message(
+        cid,
+        sent["seq"],
+        alice.id,
+        sent["client_msg_id"],
+        sent["body"],
+        datetime.fromisoformat(sent["created_at"]),
+    )
+    pools = runtime.get().router.pools.values()
+    for pool in pools:
+        for _ in range(6):
+            pool.breaker.failed()  # every database fails fast for a few seconds
+    try:
+        queued = push.enqueue(
+            [OutboxRow(0, cid, "message", (bob.id,), {}, message.created_at, message)]
+        )
+    finally:
+        for pool in pools:
+            pool.breaker.succeeded()
+    assert queued == 1
+    run_due(pusher)
+    assert [got.json["messages"] for got in receiver.to("/bob")] == [[sent], [sent]]
+
+
+def mute(client: Any, user: Any, cid: int, until: str | None) -> None:
+    r = client.patch(
+        f"/v1/conversations/{cid}/me",
+        headers=user.headers,
+        json={"muted_until": until},
+    )
+    assert r.status_code == 200, r.get_json()
+
+
 def test_member_with_a_held_poll_is_online(
     client: Any, make_user: Any, chat: Any, redis: Any, push_settings: Any
 ) -> None:
@@ -311,20 +414,31 @@ def test_bodies_are_cut_to_200_characters(
     assert got.json["messages"][0]["body"] == body[:200]
 
 
-def test_send_survives_redis_trouble(
+def test_pushes_wait_in_the_worker_while_redis_is_down(
     client: Any,
     make_user: Any,
     chat: Any,
     redis: Any,
-    push_settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    receiver: Receiver,
+    make_pusher: Any,
 ) -> None:
+    # They were dropped: a message sent during a Redis outage was never pushed.
     alice, bob = make_user(), make_user()
-    add_device(client, bob, "http://127.0.0.1:9/bob")
+    add_device(client, bob, receiver.url("/bob"))
     cid = chat.direct(alice, bob)
-    monkeypatch.setattr(runtime.get().hub, "redis_ok", False)
-    chat.send(alice, cid, "still stored")
-    assert queue_is_empty(redis)
+    hub = runtime.get().hub
+    hub.redis_ok = False  # as the dispatcher marks it when Redis stops answering
+    try:
+        first = chat.send(alice, cid, "still stored")
+        second = chat.send(alice, cid, "and this one")
+        assert queue_is_empty(redis)
+        assert len(push.held) == 1
+    finally:
+        hub.redis_ok = True
+    wait_for(lambda: not push.held, what="the held pushes to be queued")
+    assert run_due(make_pusher()) == 1
+    [got] = receiver.to("/bob")
+    assert got.json["messages"] == [first, second]
 
 
 def test_fan_out_replayed_by_the_sweep_command_queues_a_push(

@@ -136,6 +136,19 @@ def test_backup_under_load_restores_every_acknowledged_message(
     assert restored.rows["user_state"] >= made.rows["user_state"]
     restored.rows["user_state"] = made.rows["user_state"]
     assert restored.rows == made.rows
+    # Direct pairs are shard rows (the shard of the lower user id), restored
+    # there; the directory has none.
+    assert made.rows["direct_pairs"] >= 1
+    assert "directory.direct_pairs" not in made.rows
+    lo, hi = sorted((users[1].id, users[2].id))
+    assert _query(
+        target,
+        lo,
+        "SELECT conversation_id FROM {s}.direct_pairs WHERE user_lo = %s "
+        "AND user_hi = %s",
+        lo,
+        hi,
+    ) == [(direct_id,)]
 
     # Everything acknowledged before the backup started is back, as it was.
     before = [a for a in acked if a[3] < backup_started]

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import gevent
+import psycopg2
 import pytest
 
 from messenger import runtime
@@ -31,6 +32,11 @@ User = conftest.TestUser
 LOAD_SHARD = 6
 CRASH_SHARD = 7
 FOLLOW_WAIT_SECS = 5.0
+# PostgreSQL's statistics (the row counts of `messenger shards`) lag by about a
+# second; a busy machine gets more.
+STATS_WAIT_SECS = 10.0
+# How long the under-load test holds the check up after the switch.
+VERIFY_HOLD_SECS = 1.5
 # Where the session's map puts each shard (tests/conftest.py).
 HOME = ("m1",) * 4 + ("m2",) * 4
 
@@ -182,24 +188,60 @@ def test_rebalance_plans_an_even_spread_with_fewest_moves() -> None:
 
 
 def test_shards_command_shows_the_map_sizes_and_load(
-    settings: Settings, capsys: pytest.CaptureFixture[str]
+    settings: Settings,
+    make_user: Any,
+    chat: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from messenger.cli import cmd_shards
 
-    assert cmd_shards(settings) == 0
-    out = capsys.readouterr().out
+    # A direct pair is a row of its lower user's shard (registered first).
+    (lower,) = users_on(make_user, LOAD_SHARD, 1)
+    chat.direct(make_user("peer"), lower)
+    deadline = time.monotonic() + STATS_WAIT_SECS
+    while True:
+        assert cmd_shards(settings) == 0
+        out = capsys.readouterr().out
+        lines = out.splitlines()
+        shard_line = next(line for line in lines if line.split()[:1] == ["6"])
+        # Row counts are PostgreSQL's statistics, which arrive within a second.
+        if "direct_pairs=" in shard_line or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert f"shard map: {TEST_SHARDS} shards, epoch" in out
-    lines = out.splitlines()
     assert any(line.split()[:2] == ["m2", "4"] for line in lines), out
-    assert any(line.split()[:3] == ["6", "m2", "active"] for line in lines), out
+    assert shard_line.split()[:3] == ["6", "m2", "active"], out
+    assert "direct_pairs=" in shard_line, out
 
 
 # -- moving a shard ------------------------------------------------------------------
 
 
+def hold_table(
+    services: Services, database: str, shard: int, table: str, hold_secs: float
+) -> gevent.Greenlet:
+    """Lock a table of a shard's schema against every reader for hold_secs (from
+    now: it is locked when this returns); the greenlet that lets it go."""
+    conn = psycopg2.connect(services.pg.dsn(database))
+    with conn.cursor() as cur:
+        cur.execute(f"LOCK TABLE {schema_name(shard)}.{table} IN ACCESS EXCLUSIVE MODE")
+
+    def release() -> None:
+        gevent.sleep(hold_secs)
+        conn.rollback()
+        conn.close()
+
+    return gevent.spawn(release)
+
+
 @pytest.mark.slow
 def test_move_shard_under_load_loses_and_repeats_nothing(
-    client: Any, make_user: Any, chat: Any, mover: Router, settings: Settings
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    mover: Router,
+    settings: Settings,
+    services: Services,
 ) -> None:
     moved = users_on(make_user, LOAD_SHARD, 3)
     others = [users_on(make_user, s, 1)[0] for s in (0, 2, 4, 5)]
@@ -287,30 +329,70 @@ def test_move_shard_under_load_loses_and_repeats_nothing(
     load = [gevent.spawn(sender, i) for i in range(3)]
     load += [gevent.spawn(poller, u) for u in everyone]
     load.append(gevent.spawn(group_changer))
+    # The check runs after the switch, on the cut-over state: once the shard
+    # is switched, the source's messages table is locked for a while, which
+    # holds the check up, and meanwhile the moved shard takes sends in m3 (a
+    # check reading the target's current state would count them and fail).
+    marks: dict[str, int] = {}
+    holds: list[gevent.Greenlet] = []
+
+    def on_step(step: str) -> None:
+        if step == "switched":
+            marks["switched"] = len(acked)
+            holds.append(
+                hold_table(services, "m2", LOAD_SHARD, "messages", VERIFY_HOLD_SECS)
+            )
+            holds.append(gevent.spawn_later(VERIFY_HOLD_SECS * 0.9, mark_held))
+
+    def mark_held() -> None:
+        marks["held"] = len(acked)
+
     lines: list[str] = []
     try:
         gevent.sleep(1.5)
         sent_before = len(acked)
-        result = moves.move_shard(mover, LOAD_SHARD, "m3", say=lines.append)
+        started = time.monotonic()
+        result = moves.move_shard(
+            mover, LOAD_SHARD, "m3", say=lines.append, on_step=on_step
+        )
+        move_secs = time.monotonic() - started
         sent_during = len(acked) - sent_before
         gevent.sleep(1.5)
     finally:
         running = False
-        gevent.joinall(load, timeout=30)
-    for greenlet in load:
+        gevent.joinall(load + holds, timeout=30)
+    for greenlet in load + holds:
         assert greenlet.successful(), greenlet.exception
     print("\n".join(lines))
     print(
         f"move: {result.rows} rows, {result.copy_bytes / 1e6:.2f} MB copied in "
         f"{result.copy_secs:.2f} s ({result.rows / result.copy_secs:.0f} rows/s, "
         f"{result.copy_bytes / 1e6 / result.copy_secs:.2f} MB/s); fence "
-        f"{result.fence_secs:.2f} s; {len(acked)} messages acked ({sent_during} "
+        f"{result.fence_secs:.2f} s, then verify {result.verify_secs:.2f} s (held "
+        f"{VERIFY_HOLD_SECS} s); {len(acked)} messages acked ({sent_during} "
         f"during the move), {added_count} group changes; 503s: {dict(refused)}"
     )
     assert sent_before >= 10 and sent_during >= 1, (sent_before, sent_during)
     assert result.fence_secs < 5, result.fence_secs
+    # The check took the hold and more; the fence was over before it began:
+    # the moved shard acknowledged sends while the check waited, and the check
+    # still found the copy equal to the source.
+    assert result.verify_secs >= VERIFY_HOLD_SECS, result.verify_secs
+    assert result.fence_secs + result.verify_secs <= move_secs
+    during_check = acked[marks["switched"] : marks["held"]]
+    assert any(a[0] == group_moved for a in during_check), marks
     assert result.tables["messages"].rows > 0
     assert any("copying" in line or "copied" in line for line in lines), lines
+    # The pair of directs[0] is a row of moved[0]'s shard (the lower id): it
+    # moved too, and opening the conversation again finds it there.
+    assert result.tables["direct_pairs"].rows >= 1
+    r = client.post(
+        "/v1/conversations",
+        headers=others[3].headers,
+        json={"kind": "direct", "user_id": moved[0].id},
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["conversation"]["id"] == directs[0]
 
     # The app follows the new map; the moved shard takes writes in m3.
     app_map = runtime.get().router.shard_map
@@ -396,15 +478,18 @@ def test_a_move_crashed_while_fenced_resumes_and_one_crashed_while_copying_rolls
     wait_for_epoch(placement.stored_map(mover).epoch)
     r = client.get("/v1/events?after=0", headers=user.headers)
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
-    # The source is fenced: even a write past the router fails.
-    fenced = mover.on_dsn(services.pg.dsn("m2"), "test_fenced")
-    with pytest.raises(Unavailable), fenced as cur:
-        cur.execute(
-            f"UPDATE {schema_name(CRASH_SHARD)}.user_state "
-            "SET last_event_id = last_event_id"
-        )
+    # The source is fenced: even a write past the router fails, direct pairs
+    # (user's shard: the lower id) included.
+    for statement in (
+        "UPDATE {}.user_state SET last_event_id = last_event_id",
+        "INSERT INTO {}.direct_pairs VALUES (1, 2, 3)",
+    ):
+        fenced = mover.on_dsn(services.pg.dsn("m2"), "test_fenced")
+        with pytest.raises(Unavailable), fenced as cur:
+            cur.execute(statement.format(schema_name(CRASH_SHARD)))
     result = moves.move_shard(mover, CRASH_SHARD, "m3")
     assert result.tables["user_state"].rows >= 1
+    assert result.tables["direct_pairs"].rows >= 1
     wait_for_epoch(placement.stored_map(mover).epoch)
     chat.send(peer, conversation_id, "after")
     events = stored_events(chat.drain(user, "0")[0])
@@ -437,6 +522,113 @@ def test_a_move_crashed_while_fenced_resumes_and_one_crashed_while_copying_rolls
         "after",
         "after abort",
     ]
+
+
+def schema_exists(mover: Router, services: Services, database: str, shard: int) -> bool:
+    dsn = services.pg.dsn(database)
+    with mover.on_dsn(dsn, "test_schema", transaction=False) as cur:
+        cur.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema_name(shard),)
+        )
+        return cur.fetchone() is not None
+
+
+@pytest.mark.slow
+def test_a_move_whose_check_fails_after_the_switch_stays_open_until_closed(
+    client: Any,
+    make_user: Any,
+    chat: Any,
+    mover: Router,
+    services: Services,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from messenger.cli import cmd_move_shard
+
+    (user,) = users_on(make_user, CRASH_SHARD, 1)
+    (peer,) = users_on(make_user, 0, 1)
+    conversation_id = chat.direct(peer, user)
+    chat.send(peer, conversation_id, "before")
+    schema = schema_name(CRASH_SHARD)
+    # A pair of no user, on the target only: the copy differs at the cut-over.
+    stray = 9_300_000_000_000 + CRASH_SHARD
+
+    def tamper(step: str) -> None:
+        if step == "caught_up":
+            with mover.on_dsn(services.pg.dsn("m3"), "test_tamper") as cur:
+                cur.execute(
+                    f"INSERT INTO {schema}.direct_pairs VALUES (%s, %s, 1)",
+                    (stray, stray + 8),
+                )
+
+    try:
+        with pytest.raises(moves.MoveError) as failed:
+            moves.move_shard(mover, CRASH_SHARD, "m3", on_step=tamper)
+        assert "differed from the source at the cut-over in direct_pairs." in str(
+            failed.value
+        )
+        # The switch happened: the shard serves from m3, the move stays open.
+        stored = placement.stored_map(mover)
+        assert stored.database_by_shard[CRASH_SHARD] == "m3"
+        assert stored.state_by_shard[CRASH_SHARD] == ACTIVE
+        assert moves.current_move(mover, CRASH_SHARD).step == "unverified"
+        wait_for_epoch(stored.epoch)
+        chat.send(peer, conversation_id, "after the switch")
+        events = stored_events(chat.drain(user, "0")[0])
+        assert [e["message"]["body"] for e in events if e["type"] == "message"] == [
+            "before",
+            "after the switch",
+        ]
+        # Running it again says so; the old copy is kept to compare with.
+        assert cmd_move_shard(settings, CRASH_SHARD, "m3", abort=False) == 1
+        assert "could not be verified" in capsys.readouterr().err
+        assert moves.drop_moved_shards(mover, CRASH_SHARD) == []
+        assert schema_exists(mover, services, "m2", CRASH_SHARD)
+        # Another move waits for this one to be closed.
+        with pytest.raises(moves.MoveError, match="one move at a time"):
+            moves.move_shard(mover, LOAD_SHARD, "m3")
+        assert cmd_move_shard(settings, CRASH_SHARD, None, abort=True) == 0
+        assert "closed the move without its check" in capsys.readouterr().out
+        assert moves.current_move(mover) is None
+        assert placement.stored_map(mover).database_by_shard[CRASH_SHARD] == "m3"
+    finally:
+        with mover.on_dsn(services.pg.dsn("m3"), "test_untamper") as cur:
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            if cur.fetchone():
+                cur.execute(
+                    f"DELETE FROM {schema}.direct_pairs WHERE user_lo = %s", (stray,)
+                )
+
+    # Back to m2 with the command: its output times the fence and the check.
+    assert moves.drop_moved_shards(mover, CRASH_SHARD) == [(CRASH_SHARD, "m2")]
+    assert cmd_move_shard(settings, CRASH_SHARD, "m2", abort=False) == 0
+    out = capsys.readouterr().out
+    assert "writes were fenced for" in out and "then verify" in out, out
+    assert "(counts and checksums equal at the cut-over)" in out, out
+
+    # A run that dies after the switch takes the cut-over state with it: the
+    # check cannot be made any more, and the move stays open until closed.
+    moves.drop_moved_shards(mover, CRASH_SHARD)
+    with pytest.raises(Crash):
+        moves.move_shard(mover, CRASH_SHARD, "m3", on_step=crash_at("switched"))
+    assert moves.current_move(mover, CRASH_SHARD).step == "switched"
+    with pytest.raises(moves.MoveError, match="ended before checking the copy"):
+        moves.move_shard(mover, CRASH_SHARD, "m3")
+    assert moves.current_move(mover, CRASH_SHARD).step == "unverified"
+    assert moves.abort_move(mover, CRASH_SHARD)
+    assert placement.stored_map(mover).database_by_shard[CRASH_SHARD] == "m3"
+    with mover.on_dsn(services.pg.dsn("m2"), "test_clean", transaction=False) as cur:
+        cur.execute(
+            "SELECT (SELECT count(*) FROM pg_replication_slots), "
+            "(SELECT count(*) FROM pg_publication)"
+        )
+        assert cur.fetchone() == (0, 0)
+    wait_for_epoch(placement.stored_map(mover).epoch)
+    chat.send(peer, conversation_id, "last")
+    events = stored_events(chat.drain(user, "0")[0])
+    assert [e["message"]["body"] for e in events if e["type"] == "message"][-1] == (
+        "last"
+    )
 
 
 def test_add_database_records_a_name_and_says_to_configure_it(
@@ -520,7 +712,7 @@ def test_copy_speed_of_a_larger_shard(mover: Router, services: Services) -> None
             f"\ncopy: {result.rows} rows, {result.copy_bytes / 1e6:.1f} MB in "
             f"{result.copy_secs:.2f} s: {result.rows / result.copy_secs:.0f} rows/s, "
             f"{result.copy_bytes / 1e6 / result.copy_secs:.1f} MB/s; fence "
-            f"{result.fence_secs:.2f} s"
+            f"{result.fence_secs:.2f} s, then verify {result.verify_secs:.2f} s"
         )
         moves.drop_moved_shards(mover, LOAD_SHARD)
         with mover.on_dsn(services.pg.dsn("m3"), "test_empty") as cur:

@@ -73,7 +73,7 @@ def test_a_send_is_two_round_trips(
 ) -> None:
     """Inline or through the outbox: store; then fan out (or queue) and commit."""
     monkeypatch.setattr(fanout, "after_commit", lambda *args: None)
-    monkeypatch.setattr(fanout, "fan_out_quietly", lambda *args: None)
+    monkeypatch.setattr(fanout, "start_fan_out", lambda *args: None)
     users = [make_user() for _ in range(4)]
     cid = chat.group(users[0], users[1:])
     # "Who blocked the sender" is read once, then cached by the worker (a

@@ -10,6 +10,7 @@ a script error: a module that fails to load or link shows up as one.
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -604,6 +605,44 @@ def test_phone_sized_screen_shows_one_pane_at_a_time(
     tid(bob_page, "back-button").click()
     expect(tid(bob_page, "app-view")).to_have_attribute("data-view", "list")
     expect(tid(bob_page, "conversation-list")).to_be_visible()
+
+
+def test_a_message_arriving_while_its_new_chat_loads_is_listed(
+    open_page: Any, account: Any, web: Server
+) -> None:
+    """Someone starts a chat with Bob and writes at once. Its first event makes
+    Bob's page load the conversation; the message's event arrives while that
+    answer, read before the message existed, is still on its way. The list must
+    show the message (unread, last message) all the same."""
+    from playwright.sync_api import expect
+
+    alice, bob = account("Alice"), account("Bob")
+    bob_page = open_page()
+    log_in(bob_page, bob)
+    sent: list[int] = []
+
+    def answer_after_the_message(route: Any) -> None:
+        if route.request.method != "GET" or sent:
+            route.continue_()
+            return
+        before = route.fetch()  # the conversation without the message
+        conversation_id = int(urlsplit(route.request.url).path.rsplit("/", 1)[1])
+        sent.append(api_send(web, alice, conversation_id, "Hello while you load"))
+        time.sleep(1.5)  # the message's event reaches the page meanwhile
+        route.fulfill(response=before)
+
+    bob_page.route("**/v1/conversations/*", answer_after_the_message)
+    r = requests.post(
+        web.url + "/v1/conversations",
+        headers=alice.headers,
+        json={"kind": "direct", "user_id": bob.id},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    item = tid(bob_page, "conversation-item").filter(has_text="Alice")
+    expect(item.get_by_test_id("unread-badge")).to_be_visible()
+    expect(item).to_contain_text("Hello while you load")
+    assert sent == [201]
 
 
 # ---- second release: people search, requests, blocks, mute, archive, settings ----

@@ -8,12 +8,14 @@ each returns, service recovers without a restart, and nothing acknowledged durin
 the outage is lost.
 """
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
@@ -163,20 +165,113 @@ def test_a_stopped_shard_database_fails_only_what_needs_it(stack: Stack) -> None
         stack.pg.start()
 
     # Back without restarting gunicorn: broken pooled connections are replaced.
+    # The group's own events to `down` ran behind the creation's answer and
+    # may come first; the message follows them.
+    bodies: list[str] = []
+    cursor = cursors[down.id]
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        r = get(api, down, f"/v1/events?after={cursors[down.id]}&timeout=0")
-        # Stored events only: a peer's presence (ephemeral) may ride along.
-        if r.status_code == 200 and [e for e in r.json()["events"] if "id" in e]:
-            break
-        time.sleep(0.5)
+    while time.monotonic() < deadline and not bodies:
+        r = get(api, down, f"/v1/events?after={cursor}&timeout=0")
+        if r.status_code == 200:
+            cursor = r.json()["cursor"]
+            bodies += [
+                e["message"]["body"]
+                for e in r.json()["events"]
+                if e["type"] == "message"
+            ]
+        if not bodies:
+            time.sleep(0.5)
     assert r.status_code == 200, r.text
-    bodies = [
-        e["message"]["body"] for e in r.json()["events"] if e["type"] == "message"
-    ]
     assert bodies == ["for later"]  # the sweeper finished the fan-out
     assert get(api, down, "/v1/conversations").status_code == 200
     assert requests.get(api.url + "/readyz/strict", timeout=10).status_code == 200
+
+
+# A send that waits on nothing but its own transaction answers in milliseconds;
+# one that waits on the hung server's part of its fan-out takes a second or more
+# (a connect timeout, or the fan-out's own bound). Generous for a loaded machine.
+SEND_SECS_MAX = 0.5
+
+
+def signal_server(pg: EmbeddedPostgres, signum: signal.Signals) -> None:
+    """Send a signal to a PostgreSQL server: its postmaster and every backend."""
+    pid = pg.pid
+    assert pid is not None
+    postmaster = psutil.Process(pid)
+    for process in [postmaster, *postmaster.children(recursive=True)]:
+        try:
+            process.send_signal(signum)
+        except psutil.NoSuchProcess:
+            continue
+
+
+def messages_until(
+    api: Api, user: HttpUser, cursor: str, count: int, timeout_secs: float
+) -> tuple[list[dict[str, Any]], str]:
+    """Stored events from consecutive polls, until `count` messages came or the
+    bound passed; the events and the last cursor."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline:
+        r = api.poll(user, cursor, timeout=1)
+        if r.status_code == 200:
+            events += [e for e in r.json()["events"] if "id" in e]
+            cursor = r.json()["cursor"]
+            if len([e for e in events if e["type"] == "message"]) >= count:
+                break
+        else:
+            time.sleep(0.5)  # 503 while the server comes back
+    return events, cursor
+
+
+def test_a_send_answers_without_waiting_on_a_hung_members_database(
+    stack: Stack,
+) -> None:
+    """A SIGSTOPped server accepts connections and never answers (a hung or
+    black-holed host). A send to a conversation on another server answers once
+    its own transaction commits; the members beside the conversation have it by
+    then, the sender's own stream included; the member on the hung server gets
+    every message once it is back: each once, in seq order."""
+    api = stack.api
+    sender, near = user_on(api, range(4)), user_on(api, range(4))
+    far = user_on(api, DOWN_SHARDS)
+    cid = group_on(api, sender, [near, far], range(4))
+    cursors = {u.id: api.head(u) for u in (sender, near, far)}
+    # A send while all is well: the workers' pools hold connections to the
+    # server, which hang in a query once it stops (no quick connect failure).
+    assert api.send(sender, cid, "before").status_code == 201
+    bodies = ["before"] + [f"hung {n}" for n in range(5)]
+
+    signal_server(stack.pg, signal.SIGSTOP)
+    try:
+        send_secs = []
+        seqs = []
+        for body in bodies[1:]:
+            started = time.monotonic()
+            r = api.send(sender, cid, body)
+            send_secs.append(round(time.monotonic() - started, 3))
+            assert r.status_code == 201, r.text
+            seqs.append(r.json()["message"]["seq"])
+        for user in (sender, near):
+            got = events_of(api, user, cursors[user.id])
+            assert [
+                e["message"]["body"] for e in got if e["type"] == "message"
+            ] == bodies
+    finally:
+        signal_server(stack.pg, signal.SIGCONT)
+    print(f"\nsends with pg stopped (SIGSTOP): {send_secs} s")
+    assert max(send_secs) < SEND_SECS_MAX, send_secs
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+    events, cursor = messages_until(api, far, cursors[far.id], len(bodies), 40)
+    messages = [e["message"] for e in events if e["type"] == "message"]
+    assert [m["body"] for m in messages] == bodies
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids))
+    # A replay of a fan-out cut off by the stop (the sweeper's) adds nothing.
+    time.sleep(2)
+    later = [e for e in events_of(api, far, cursor) if e["type"] == "message"]
+    assert later == []
 
 
 def test_a_stopped_redis_degrades_and_recovers(stack: Stack) -> None:

@@ -82,7 +82,10 @@ def test_gunicorn_workers_follow_a_move_and_lose_nothing(
         running = False
         load.join(timeout=30)
     assert load.successful(), load.exception
-    print(f"\nfence {result.fence_secs:.2f} s; {len(acked)} acked, {refused} 503s")
+    print(
+        f"\nfence {result.fence_secs:.2f} s, then verify {result.verify_secs:.2f} s;"
+        f" {len(acked)} acked, {refused} 503s"
+    )
     assert result.fence_secs < 5
     events: list[dict[str, Any]] = []
     cursor = "0"

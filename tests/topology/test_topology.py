@@ -40,6 +40,10 @@ WAKE_SECS = 3.0
 # With the dispatcher's 5 s block on a node that lost the slot, a wake across a
 # slot move may wait for that block to end once.
 SLOT_MOVE_WAKE_SECS = 8.0
+# A send answers once its own transaction commits, whatever the other servers
+# do: milliseconds; one that waited on the stopped server's part of its
+# fan-out took a second or more. Generous for a loaded machine.
+SEND_SECS_MAX = 0.5
 
 
 def users_on(api: Api, server: int, count: int) -> list[User]:
@@ -457,7 +461,7 @@ def test_one_postgresql_server_down_hurts_only_its_own_members(
         assert_exactly_once(listener, cid, sent)
     # Seqs of the conversation are gapless.
     assert sent == list(range(sent[0], sent[0] + len(sent)))
-    assert max(send_secs) < 3.0, send_secs
+    assert max(send_secs) < SEND_SECS_MAX, send_secs
     report(
         f"pg2 {outage}",
         sent=len(sent),

@@ -89,7 +89,14 @@ export function onMessage(message, { announceIt }) {
   }
   const known = state.conversations.has(conversationId);
   const isNew = known ? noteMessageInList(message) : false;
-  if (!known) refreshConversation(conversationId); // a chat someone just started with us
+  if (!known) {
+    // A chat someone just started with us. A load of it may already be under way
+    // (its first event came before this one) and answer from before this message:
+    // note the message once the conversation is known (counted once either way).
+    refreshConversation(conversationId).then((conv) => {
+      if (conv) noteMessageInList(message);
+    });
+  }
 
   const chat = state.chat;
   if (chat && chat.id === conversationId && !chat.loaded) chat.early.push(message);
