@@ -30,7 +30,7 @@ under way are done; the process exits when it returns); DrainingGeventWorker's
 StopIteration ends the connection); and they clear `alive`, the flag the run
 loop watches. DrainingPyWSGIWorker sets gunicorn's `server_class` and
 `wsgi_handler` hooks, and its handler overrides gevent.pywsgi.WSGIHandler's
-documented steps (handle, handle_one_request, read_requestline, read_request,
+documented steps (handle, read_requestline, read_request,
 get_environ, start_response, handle_one_response, log_request).
 """
 
@@ -214,12 +214,6 @@ class _LimitExceeded(ValueError):
     """A request beyond gunicorn's limits: pywsgi answers 400 and closes."""
 
 
-class _ReadTimedOut(TimeoutError):
-    """A request not read within `keepalive` seconds (a socket error to pywsgi:
-    while reading the request line it ends the connection quietly, while
-    reading the headers it answers 400)."""
-
-
 class _Handler(PyWSGIHandler):  # type: ignore[misc]
     """gevent.pywsgi's handler (as gunicorn subclasses it) with gunicorn's
     request limits, a bound on reading each request, the client's socket in the
@@ -231,38 +225,27 @@ class _Handler(PyWSGIHandler):  # type: ignore[misc]
         """One connection, its requests one after another."""
         worker = self.server.worker
         worker.connections[self] = self.socket
-        # Bounds the reading of each request (its line and headers): an idle
-        # keep-alive connection, or a client that never finishes its request,
-        # is closed after `keepalive` seconds. One timer per connection,
-        # started for each request.
-        self._read_deadline = gevent.Timeout(worker.cfg.keepalive, _ReadTimedOut)
         try:
             super().handle()
         finally:
-            self._read_deadline.close()
             worker.connections.pop(self, None)
             worker.busy.discard(self)
 
-    def handle_one_request(self) -> Any:
-        self._read_deadline.start()
-        try:
-            return super().handle_one_request()
-        finally:
-            self._read_deadline.cancel()
-
     def read_requestline(self) -> str:
-        # Past the deadline the read fails as a socket error: the connection
-        # ends quietly.
-        line = self.rfile.readline(self.server.worker.cfg.limit_request_line + 3)
+        # An idle keep-alive connection, or a client that never finishes its
+        # request line, is closed after `keepalive` seconds (a socket error
+        # ends the connection quietly).
+        cfg = self.server.worker.cfg
+        with gevent.Timeout(cfg.keepalive, TimeoutError("no request")):
+            line = self.rfile.readline(cfg.limit_request_line + 3)
         return line.decode("latin-1")  # type: ignore[no-any-return]
 
     def read_request(self, raw_requestline: str) -> bool:
         cfg = self.server.worker.cfg
         if len(raw_requestline.rstrip("\r\n")) > cfg.limit_request_line:
             raise _LimitExceeded("The request line is too long.")
-        # Past the deadline: a 400, the connection closed.
-        is_read = super().read_request(raw_requestline)
-        self._read_deadline.cancel()
+        with gevent.Timeout(cfg.keepalive, _LimitExceeded("Headers too slow.")):
+            is_read = super().read_request(raw_requestline)
         if len(self.headers) > cfg.limit_request_fields:
             raise _LimitExceeded("Too many header fields.")
         for name, value in self.headers.items():
