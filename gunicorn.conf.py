@@ -31,13 +31,37 @@ except ConfigError as exc:
 # So the temporary folder is in memory (/dev/shm) where there is one, as the
 # systemd unit's /run/messenger/metrics is.
 _MEMORY_DIR = "/dev/shm"
+# A folder of our own is named after this master's pid, so a later start removes
+# those of masters that died without their on_exit (kill -9).
+_PREFIX = "messenger-metrics-"
+
+
+def _remove_folders_of_dead_masters(parent: str) -> None:
+    for folder in Path(parent).glob(f"{_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 _own_metrics_dir = _settings.metrics_dir is None
-_metrics_dir = _settings.metrics_dir or Path(
-    tempfile.mkdtemp(
-        prefix="messenger-metrics-",
-        dir=_MEMORY_DIR if os.access(_MEMORY_DIR, os.W_OK | os.X_OK) else None,
+if _own_metrics_dir:
+    _parent = (
+        _MEMORY_DIR
+        if os.access(_MEMORY_DIR, os.W_OK | os.X_OK)
+        else tempfile.gettempdir()
     )
-)
+    _remove_folders_of_dead_masters(_parent)
+    _metrics_dir = Path(
+        tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=_parent)
+    )
+else:
+    _metrics_dir = Path(_settings.metrics_dir)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 os.environ["MESSENGER_METRICS_DIR"] = str(_metrics_dir)  # the workers' settings
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import psutil
 import pytest
 import redis as redis_lib
 
@@ -222,3 +224,32 @@ def test_one_gevent_worker_holds_many_polls_at_once(one_worker: Server) -> None:
     answers = [p.get(timeout=20) for p in polls]
     assert all(a.status_code == 200 for a in answers)
     assert time.monotonic() - started < 5
+
+
+def test_metric_folders_of_killed_servers_are_removed_at_the_next_start(
+    services: Any, tmp_path: Path
+) -> None:
+    # A master killed with -9 never runs on_exit: its metrics folder stayed in
+    # memory (/dev/shm) for good, one more per killed server.
+    first = start_gunicorn(services, tmp_path, workers=1)
+    ours = f"messenger-metrics-{first.process.pid}-"
+    parents = [Path("/dev/shm"), Path(tempfile.gettempdir())]
+    [folder] = [f for p in parents if p.is_dir() for f in p.glob(ours + "*")]
+    first.stop(signal.SIGKILL)
+    for child in psutil.Process().children(recursive=True):  # its orphaned worker
+        if child.status() != psutil.STATUS_ZOMBIE and "gunicorn" in " ".join(
+            child.cmdline()
+        ):
+            child.kill()
+    assert folder.is_dir()
+    second = start_gunicorn(services, tmp_path, workers=1)
+    try:
+        assert not folder.exists()
+        assert [
+            f
+            for p in parents
+            if p.is_dir()
+            for f in p.glob(f"messenger-metrics-{second.process.pid}-*")
+        ]
+    finally:
+        second.stop()
