@@ -189,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     }
     stack = Stack(say, shards=args.shards, keep_data=args.keep)
-    profiler = Profiler(args.profile, args.html.parent, stack.master_pid, say)
+    try:
+        profiler = Profiler(args.profile, args.html.parent, stack.master_pid, say)
+    except RuntimeError as exc:
+        print(f"messenger.bench: {exc}", file=sys.stderr)
+        return 2
     exit_code = 0
     t0 = time.monotonic()
     try:
