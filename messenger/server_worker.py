@@ -129,16 +129,11 @@ class OneSendAnswers:
         return getattr(self._socket, name)
 
 
-class DrainingGeventWorker(GeventWorker):  # type: ignore[misc]
-    """gunicorn's gevent worker, answering held polls when told to stop."""
+class _DrainingWorker(GeventWorker):  # type: ignore[misc]
+    """What both workers do when told to stop: stop accepting, answer held
+    polls, close idle connections, then let background fan-outs finish."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Each connection's greenlet → its client socket, and the greenlets that
-        # are inside a request (the others wait idle for the next one).
-        self._connections: dict[gevent.Greenlet, socket.socket] = {}
-        self._busy: set[gevent.Greenlet] = set()
-        self._draining = False
+    _draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM: a graceful stop."""
@@ -165,6 +160,21 @@ class DrainingGeventWorker(GeventWorker):  # type: ignore[misc]
         the requests that started them are all answered by now."""
         super().run()
         finish_background_fanouts()
+
+    def _close_idle(self) -> None:
+        raise NotImplementedError
+
+
+class DrainingGeventWorker(_DrainingWorker):
+    """gunicorn's gevent worker, answering held polls when told to stop."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Each connection's greenlet → its client socket, and the greenlets that
+        # are inside a request (the others wait idle for the next one).
+        self._connections: dict[gevent.Greenlet, socket.socket] = {}
+        self._busy: set[gevent.Greenlet] = set()
+        self._draining = False
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         current = gevent.getcurrent()
@@ -296,7 +306,7 @@ class _Server(PyWSGIServer):  # type: ignore[misc]
             self.max_accept = 1
 
 
-class DrainingPyWSGIWorker(GeventWorker):  # type: ignore[misc]
+class DrainingPyWSGIWorker(_DrainingWorker):
     """gunicorn's gevent worker serving HTTP with gevent.pywsgi, answering held
     polls when told to stop."""
 
@@ -311,31 +321,6 @@ class DrainingPyWSGIWorker(GeventWorker):  # type: ignore[misc]
         self.busy: set[_Handler] = set()
         self._draining = False
         _Server.worker = self
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """SIGTERM: a graceful stop."""
-        self.drain()
-
-    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
-        """SIGINT and SIGQUIT: as SIGTERM, and the worker_int hook."""
-        gevent.spawn(self.cfg.worker_int, self)
-        self.drain()
-
-    def drain(self) -> None:
-        """Stop accepting, answer held polls, close idle connections (runs in the
-        signal handler: only spawns)."""
-        self.alive = False
-        if self._draining:
-            return
-        self._draining = True
-        gevent.spawn(drain_held_polls)
-        gevent.spawn_later(IDLE_CLOSE_DELAY_SECS, self._close_idle)
-
-    def run(self) -> None:
-        """Serve until stopped, then let background fan-outs finish (bounded):
-        the requests that started them are all answered by now."""
-        super().run()
-        finish_background_fanouts()
 
     def _close_idle(self) -> None:
         for handler, client in list(self.connections.items()):
