@@ -131,9 +131,17 @@ class OneSendAnswers:
 
 class _DrainingWorker(GeventWorker):  # type: ignore[misc]
     """What both workers do when told to stop: stop accepting, answer held
-    polls, close idle connections, then let background fan-outs finish."""
+    polls, close idle connections, then let background fan-outs finish.
 
-    _draining = False
+    Each subclass keeps `connections` (a connection's key, its greenlet or its
+    handler → its client socket) and `busy` (the keys inside a request; the
+    others wait idle for the next one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: dict[Any, socket.socket] = {}
+        self.busy: set[Any] = set()
+        self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM: a graceful stop."""
@@ -162,47 +170,36 @@ class _DrainingWorker(GeventWorker):  # type: ignore[misc]
         finish_background_fanouts()
 
     def _close_idle(self) -> None:
-        raise NotImplementedError
+        for key, client in list(self.connections.items()):
+            if key not in self.busy:
+                shut_down(client)
 
 
 class DrainingGeventWorker(_DrainingWorker):
     """gunicorn's gevent worker, answering held polls when told to stop."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Each connection's greenlet → its client socket, and the greenlets that
-        # are inside a request (the others wait idle for the next one).
-        self._connections: dict[gevent.Greenlet, socket.socket] = {}
-        self._busy: set[gevent.Greenlet] = set()
-        self._draining = False
-
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         current = gevent.getcurrent()
-        self._connections[current] = client
+        self.connections[current] = client
         try:
             super().handle(listener, client, addr)
         finally:
-            self._connections.pop(current, None)
+            self.connections.pop(current, None)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         current = gevent.getcurrent()
-        self._busy.add(current)
+        self.busy.add(current)
         out = OneSendAnswers(sock)
         try:
             kept_alive = super().handle_request(listener_name, req, out, addr)
             out.flush()
         finally:
-            self._busy.discard(current)
+            self.busy.discard(current)
         # gunicorn decides keep-alive when a request starts, and a poll the drain
         # answered started while the worker was alive: end its connection here.
         if not self.alive:
             raise StopIteration
         return kept_alive
-
-    def _close_idle(self) -> None:
-        for greenlet, client in list(self._connections.items()):
-            if greenlet not in self._busy:
-                shut_down(client)
 
 
 def shut_down(client: socket.socket) -> None:
@@ -315,14 +312,4 @@ class DrainingPyWSGIWorker(_DrainingWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Each open connection's handler → its socket, and the handlers inside a
-        # request (the others wait idle for the next one).
-        self.connections: dict[_Handler, socket.socket] = {}
-        self.busy: set[_Handler] = set()
-        self._draining = False
         _Server.worker = self
-
-    def _close_idle(self) -> None:
-        for handler, client in list(self.connections.items()):
-            if handler not in self.busy:
-                shut_down(client)
