@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from messenger.settings import ConfigError, load
 
 try:
@@ -39,14 +41,8 @@ _PREFIX = "messenger-metrics-"
 def _remove_folders_of_dead_masters(parent: str) -> None:
     for folder in Path(parent).glob(f"{_PREFIX}*-*"):
         pid = folder.name.removeprefix(_PREFIX).split("-", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
 
 
 _own_metrics_dir = _settings.metrics_dir is None

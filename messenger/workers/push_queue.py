@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import redis
 
 from messenger.backoff import backoff_secs
@@ -168,16 +169,6 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class PushQueue:
     """One worker's end of the queue: announce and leave, take jobs into its
     processing list, file them when done, and requeue what dead workers (or its
@@ -258,7 +249,7 @@ class PushQueue:
         if host != socket.gethostname() or not rest.isdigit():
             return False  # another host: trust its heartbeat
         pid = int(rest)
-        return pid == os.getpid() or not _pid_running(pid)
+        return pid == os.getpid() or not psutil.pid_exists(pid)
 
     def recover_strays(self, inflight: set[bytes]) -> int:
         """Requeue jobs in this worker's processing list that no consumer is
