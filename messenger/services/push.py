@@ -123,15 +123,14 @@ def enqueue(rows: list[OutboxRow]) -> int:
                 items[(user_id, row.conversation_id)].append((message.sender_id, item))
     if not items:
         return 0
-    if held or not runtime.get().hub.redis_ok:
-        # Behind what is held already, so each batch keeps its seq order.
-        held.hold(items)
-        return 0
-    queued = _queue(items)
-    if queued is None:
-        held.hold(items)
-        return 0
-    return queued
+    # While anything is held, new pushes go behind it: each batch keeps its
+    # seq order.
+    if not held and runtime.get().hub.redis_ok:
+        queued = _queue(items)
+        if queued is not None:
+            return queued
+    held.hold(items)
+    return 0
 
 
 def _queue(items: dict[tuple[int, int], list[tuple[int, str]]]) -> int | None:
@@ -179,6 +178,12 @@ class HeldPushes:
         return len(self._items)
 
     def hold(self, items: dict[tuple[int, int], list[tuple[int, str]]]) -> None:
+        self._merge(items)
+        if self._queuer is None or self._queuer.dead:
+            self._queuer = gevent.spawn(self._queue_when_back)
+
+    def _merge(self, items: dict[tuple[int, int], list[tuple[int, str]]]) -> None:
+        """Append items behind what is held, within the bounds."""
         for key, found in items.items():
             batch = self._items.setdefault(key, [])
             batch.extend(found)
@@ -190,8 +195,6 @@ class HeldPushes:
         if dropped:
             metrics.PUSH_DELIVERIES.labels(outcome="dropped").inc(dropped)
             logger.warning("push: %d held batches dropped (Redis down)", dropped)
-        if self._queuer is None or self._queuer.dead:
-            self._queuer = gevent.spawn(self._queue_when_back)
 
     def clear(self) -> None:
         self._items.clear()
@@ -208,9 +211,8 @@ class HeldPushes:
             items, self._items = self._items, {}
             if _queue(items) is None:
                 # Back in front of whatever was held meanwhile, in order.
-                for key, found in self._items.items():
-                    items.setdefault(key, []).extend(found)
-                self._items = items
+                newer, self._items = self._items, items
+                self._merge(newer)
                 gevent.sleep(retry.failed())
                 continue
             retry.reset()
