@@ -14,7 +14,7 @@ import requests
 
 from messenger.cli import gunicorn_argv
 from messenger.embedded import free_port
-from tests.conftest import Services, unique_handle
+from tests.conftest import TEST_SHARDS, Services, unique_handle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,3 +154,42 @@ class Api:
 @pytest.fixture
 def api(server: Server) -> Api:
     return Api(server.url)
+
+
+def user_on(api: Api, shards: range) -> HttpUser:
+    for _ in range(40):
+        user = api.user()
+        if user.id % TEST_SHARDS in shards:
+            return user
+    raise AssertionError(f"no user id landed on shards {shards}")
+
+
+def group_on(api: Api, owner: HttpUser, members: list[HttpUser], shards: range) -> int:
+    """A group whose id lands on `shards`. Ids come from one sequence, so groups
+    of a throwaway user step it until the next id fits (the owner's conversation
+    list must not gain groups on the other server)."""
+    stepper = api.user()
+    for _ in range(40):
+        r = requests.post(
+            api.url + "/v1/conversations",
+            headers=stepper.headers,
+            json={"kind": "group", "title": "step"},
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        if (r.json()["conversation"]["id"] + 1) % TEST_SHARDS in shards:
+            break
+    r = requests.post(
+        api.url + "/v1/conversations",
+        headers=owner.headers,
+        json={
+            "kind": "group",
+            "title": "outage",
+            "member_ids": [m.id for m in members],
+        },
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    conversation_id = int(r.json()["conversation"]["id"])
+    assert conversation_id % TEST_SHARDS in shards, "another test took an id"
+    return conversation_id

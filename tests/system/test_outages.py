@@ -23,7 +23,14 @@ from messenger.cli import cmd_migrate
 from messenger.embedded import EmbeddedPostgres, EmbeddedRedis, LocalServers, free_port
 from messenger.settings import load
 from tests.conftest import TEST_SHARDS, Services
-from tests.system.conftest import Api, HttpUser, Server, start_gunicorn
+from tests.system.conftest import (
+    Api,
+    HttpUser,
+    Server,
+    group_on,
+    start_gunicorn,
+    user_on,
+)
 
 DOWN_SHARDS = range(4, TEST_SHARDS)  # on the second server
 
@@ -69,45 +76,6 @@ def stack(
             yield Stack(server, Api(server.url), pg, rds)
         finally:
             server.stop()
-
-
-def user_on(api: Api, shards: range) -> HttpUser:
-    for _ in range(40):
-        user = api.user()
-        if user.id % TEST_SHARDS in shards:
-            return user
-    raise AssertionError(f"no user id landed on shards {shards}")
-
-
-def group_on(api: Api, owner: HttpUser, members: list[HttpUser], shards: range) -> int:
-    """A group whose id lands on `shards`. Ids come from one sequence, so groups
-    of a throwaway user step it until the next id fits (the owner's conversation
-    list must not gain groups on the other server)."""
-    stepper = api.user()
-    for _ in range(40):
-        r = requests.post(
-            api.url + "/v1/conversations",
-            headers=stepper.headers,
-            json={"kind": "group", "title": "step"},
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
-        if (r.json()["conversation"]["id"] + 1) % TEST_SHARDS in shards:
-            break
-    r = requests.post(
-        api.url + "/v1/conversations",
-        headers=owner.headers,
-        json={
-            "kind": "group",
-            "title": "outage",
-            "member_ids": [m.id for m in members],
-        },
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
-    conversation_id = int(r.json()["conversation"]["id"])
-    assert conversation_id % TEST_SHARDS in shards, "another test took an id"
-    return conversation_id
 
 
 def get(api: Api, user: HttpUser, path: str) -> requests.Response:

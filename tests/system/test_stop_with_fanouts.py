@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-import requests
 
 from messenger.storage.shards import schema_name
 from tests.conftest import TEST_SHARDS, Services
-from tests.system.conftest import Api, HttpUser, start_gunicorn
+from tests.system.conftest import Api, group_on, start_gunicorn, user_on
 
 ON_M1 = range(4)
 ON_M2 = range(4, TEST_SHARDS)
@@ -24,33 +23,6 @@ ON_M2 = range(4, TEST_SHARDS)
 # under way, returns at once; released after this long, a fan-out held at the
 # other database is still running only if the worker waited for it.
 HOLD_AFTER_STOP_SECS = 2.0
-
-
-def _user_on(api: Api, shards: range) -> HttpUser:
-    for _ in range(40):
-        user = api.user()
-        if user.id % TEST_SHARDS in shards:
-            return user
-    raise AssertionError(f"no user landed on shards {shards}")
-
-
-def _group_on_m1(api: Api, owner: HttpUser, members: list[HttpUser]) -> int:
-    for _ in range(40):
-        r = requests.post(
-            api.url + "/v1/conversations",
-            headers=owner.headers,
-            json={
-                "kind": "group",
-                "title": "stop",
-                "member_ids": [m.id for m in members],
-            },
-            timeout=10,
-        )
-        assert r.status_code == 201, r.text
-        conversation_id = int(r.json()["conversation"]["id"])
-        if conversation_id % TEST_SHARDS in ON_M1:
-            return conversation_id
-    raise AssertionError("no group landed on m1")
 
 
 def test_a_stopping_worker_finishes_the_fan_outs_behind_its_answers(
@@ -62,9 +34,9 @@ def test_a_stopping_worker_finishes_the_fan_outs_behind_its_answers(
     server = start_gunicorn(services, tmp_path, workers=1)
     try:
         api = Api(server.url)
-        sender, near = _user_on(api, ON_M1), _user_on(api, ON_M1)
-        far = _user_on(api, ON_M2)
-        cid = _group_on_m1(api, sender, [near, far])
+        sender, near = user_on(api, ON_M1), user_on(api, ON_M1)
+        far = user_on(api, ON_M2)
+        cid = group_on(api, sender, [near, far], ON_M1)
         time.sleep(0.5)  # the group's own fan-out reaches m2
         far_schema = schema_name(far.id % TEST_SHARDS)
         # Far's event counter held: the send's part on m2 waits for it.
